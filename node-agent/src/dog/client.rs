@@ -1,0 +1,32 @@
+//! gRPC clients to one sheep, with errors that say what to do.
+
+use super::Target;
+use anyhow::Context;
+use sheepdog_api::v1::cluster_service_client::ClusterServiceClient;
+use sheepdog_api::v1::volume_service_client::VolumeServiceClient;
+use tonic::transport::Channel;
+
+pub async fn channel(target: &Target) -> anyhow::Result<Channel> {
+    let url = format!("http://{}:{}", target.address, target.port);
+    Channel::from_shared(url.clone())?.connect().await.with_context(|| {
+        format!(
+            "cannot reach sheep at {}:{}: is it running? start a local cluster with `dog cluster up --nodes 1 --dir DIR`, or pick another node with -a ADDR -p PORT",
+            target.address, target.port
+        )
+    })
+}
+
+pub async fn volumes(target: &Target) -> anyhow::Result<VolumeServiceClient<Channel>> {
+    Ok(VolumeServiceClient::new(channel(target).await?)
+        .max_decoding_message_size(crate::rpc::MAX_MESSAGE)
+        .max_encoding_message_size(crate::rpc::MAX_MESSAGE))
+}
+
+pub async fn cluster(target: &Target) -> anyhow::Result<ClusterServiceClient<Channel>> {
+    Ok(ClusterServiceClient::new(channel(target).await?))
+}
+
+/// Turns a gRPC status into an error carrying the server's message.
+pub fn failed(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}

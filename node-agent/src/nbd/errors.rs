@@ -1,0 +1,37 @@
+//! The one mapping from gateway errors to NBD error values.
+
+use super::proto::*;
+use crate::gateway::GatewayError;
+use crate::store::StoreError;
+
+/// The NBD error for `err` raised by a request of command `kind`.
+pub fn errno(err: &GatewayError, kind: u16) -> u32 {
+    let writes = kind == CMD_WRITE || kind == CMD_WRITE_ZEROES;
+    match err {
+        GatewayError::OutOfRange { .. } if writes => ENOSPC,
+        GatewayError::OutOfRange { .. } => EINVAL,
+        GatewayError::ReadOnly { .. } => EPERM,
+        GatewayError::InvalidVolume(_) | GatewayError::VolumeExists { .. } => EINVAL,
+        GatewayError::VidsExhausted => ENOSPC,
+        GatewayError::NoSuchVolume { .. }
+        | GatewayError::NoReplicas { .. }
+        | GatewayError::ReplicaUnreachable { .. }
+        | GatewayError::Task(_) => EIO,
+        GatewayError::Store(e) => store_errno(e),
+    }
+}
+
+fn store_errno(err: &StoreError) -> u32 {
+    match err {
+        StoreError::DiskFull { .. } => ENOSPC,
+        StoreError::OutOfRange { .. } => EINVAL,
+        StoreError::OpenObject { .. }
+        | StoreError::ReadObject { .. }
+        | StoreError::WriteObject { .. }
+        | StoreError::Corrupt { .. }
+        | StoreError::BadHeader { .. }
+        | StoreError::Sync { .. }
+        | StoreError::RemoveObject { .. }
+        | StoreError::OpenDir { .. } => EIO,
+    }
+}

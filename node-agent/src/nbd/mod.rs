@@ -1,0 +1,55 @@
+//! The NBD server: fixed newstyle, on TCP and on a unix socket; export name = volume name.
+
+mod errors;
+mod handshake;
+pub mod proto;
+mod transmission;
+
+use crate::gateway::Gateway;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+
+/// Accepts NBD clients on a TCP listener until the task is dropped.
+pub async fn serve_tcp(listener: TcpListener, gateway: Arc<Gateway>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(stream, gateway.clone(), peer.to_string()));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot accept an NBD connection"),
+        }
+    }
+}
+
+/// Accepts NBD clients on a unix socket until the task is dropped.
+pub async fn serve_unix(listener: UnixListener, gateway: Arc<Gateway>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, gateway.clone(), "unix".into()));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot accept an NBD connection"),
+        }
+    }
+}
+
+async fn connection<S>(mut stream: S, gateway: Arc<Gateway>, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let chosen = match handshake::negotiate(&mut stream, &gateway).await {
+        Ok(Some(chosen)) => chosen,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::info!(client = %peer, error = %e, "NBD negotiation ended");
+            return;
+        }
+    };
+    tracing::info!(client = %peer, volume.name = %chosen.name, "NBD client attached");
+    let name = chosen.name.clone();
+    if let Err(e) = transmission::serve(stream, gateway, chosen.name, chosen.volume).await {
+        tracing::info!(client = %peer, volume.name = %name, error = %e, "NBD connection closed");
+    }
+}
