@@ -359,7 +359,7 @@ mod tests {
             inode.snapshot = snapshot;
             inode.tag = tag;
             for (i, v) in inode.data_vids.iter_mut().enumerate() {
-                *v = if (i as u32 ^ seed) % 3 == 0 { vid } else { 0 };
+                *v = if (i as u32 ^ seed).is_multiple_of(3) { vid } else { 0 };
             }
             prop_assert_eq!(Inode::decode(&inode.encode()), Ok(inode));
         }

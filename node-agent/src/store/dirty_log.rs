@@ -49,11 +49,11 @@ impl DirtyLog {
 
     /// Records that `oid` is about to be written. Cheap when it already is recorded.
     pub fn mark(&mut self, oid: ObjectId) -> io::Result<()> {
-        if self.pending.insert(oid) {
-            if let Err(e) = self.file.write_all(&oid.raw().to_le_bytes()) {
-                self.pending.remove(&oid);
-                return Err(e);
-            }
+        if self.pending.insert(oid)
+            && let Err(e) = self.file.write_all(&oid.raw().to_le_bytes())
+        {
+            self.pending.remove(&oid);
+            return Err(e);
         }
         Ok(())
     }

@@ -416,7 +416,7 @@ fn read_blocks(obj: &ObjectFile, first: u64, buf: &mut [u8]) -> Result<()> {
 /// Reads any byte range, verifying every block it touches.
 fn read_verified(obj: &ObjectFile, offset: u64, buf: &mut [u8]) -> Result<()> {
     let (first, end) = (offset / BS, (offset + buf.len() as u64).div_ceil(BS));
-    if offset % BS == 0 && buf.len() as u64 % BS == 0 {
+    if offset.is_multiple_of(BS) && (buf.len() as u64).is_multiple_of(BS) {
         return read_blocks(obj, first, buf);
     }
     let mut blocks = vec![0u8; ((end - first) * BS) as usize];
@@ -432,13 +432,13 @@ fn write_blocks(obj: &ObjectFile, offset: u64, data: &[u8]) -> Result<()> {
     let oid = obj.header.oid;
     let (first, end) = (offset / BS, (offset + data.len() as u64).div_ceil(BS));
     let merged;
-    let blocks: &[u8] = if offset % BS == 0 && data.len() as u64 % BS == 0 {
+    let blocks: &[u8] = if offset.is_multiple_of(BS) && (data.len() as u64).is_multiple_of(BS) {
         data
     } else {
         let mut buf = vec![0u8; ((end - first) * BS) as usize];
         let last_at = buf.len() - BS as usize;
-        let tail_partial = (offset + data.len() as u64) % BS != 0;
-        if offset % BS != 0 || (end - first == 1 && tail_partial) {
+        let tail_partial = !(offset + data.len() as u64).is_multiple_of(BS);
+        if !offset.is_multiple_of(BS) || (end - first == 1 && tail_partial) {
             read_blocks(obj, first, &mut buf[..BS as usize])?;
         }
         if end - first > 1 && tail_partial {
