@@ -47,9 +47,9 @@ lat = side["clat_ns"]["percentile"]
 print("%.1f %.0f %.1f %.1f" % (side["bw_bytes"] / 2**20, side["iops"], lat["50.000000"] / 1000, lat["99.000000"] / 1000))'
 }
 
-run_fio() { # uri rw bs depth runtime
+run_fio() { # uri rw bs depth runtime [extra fio options]
     fio --name=bench --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
-        --size="$SIZE" --runtime="$5" --time_based=1 --output-format=json \
+        --size="$SIZE" --runtime="$5" --time_based=1 --output-format=json ${6:-} \
         --output="$WORK/fio.json" >/dev/null 2>&1
     figure <"$WORK/fio.json"
 }
@@ -60,11 +60,11 @@ run_fio "$QEMU_URI" write 1M 8 "$RUNTIME" >/dev/null
 
 printf '%-28s %14s %14s %7s   %s\n' workload sheep qemu-nbd ratio "latency p50/p99 us (sheep | qemu-nbd)"
 i=0
-while read -r label rw bs depth unit; do
+while read -r label rw bs depth unit extra; do
     if ((i % 2)); then
-        q=$(run_fio "$QEMU_URI" "$rw" "$bs" "$depth" "$RUNTIME"); s=$(run_fio "$SHEEP_URI" "$rw" "$bs" "$depth" "$RUNTIME")
+        q=$(run_fio "$QEMU_URI" "$rw" "$bs" "$depth" "$RUNTIME" "$extra"); s=$(run_fio "$SHEEP_URI" "$rw" "$bs" "$depth" "$RUNTIME" "$extra")
     else
-        s=$(run_fio "$SHEEP_URI" "$rw" "$bs" "$depth" "$RUNTIME"); q=$(run_fio "$QEMU_URI" "$rw" "$bs" "$depth" "$RUNTIME")
+        s=$(run_fio "$SHEEP_URI" "$rw" "$bs" "$depth" "$RUNTIME" "$extra"); q=$(run_fio "$QEMU_URI" "$rw" "$bs" "$depth" "$RUNTIME" "$extra")
     fi
     read -r s_bw s_iops s_p50 s_p99 <<<"$s"
     read -r q_bw q_iops q_p50 q_p99 <<<"$q"
@@ -79,5 +79,6 @@ rand-read-4K-qd32 randread 4k 32 IOPS
 rand-write-4K-qd32 randwrite 4k 32 IOPS
 rand-read-4K-qd1 randread 4k 1 IOPS
 rand-write-4K-qd1 randwrite 4k 1 IOPS
+rand-write-4K-qd1-flush-each randwrite 4k 1 IOPS --fsync=1
 JOBS
 echo "backing store: $(df --output=source,fstype "$WORK" | tail -1); cache: host page cache on both (sheep buffered, qemu-nbd --cache=writeback); size $SIZE; ${RUNTIME}s per run"

@@ -70,14 +70,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let sheep = sheep_binary()?;
     let mut started = Vec::new();
     for node in &layout.nodes {
-        let pid = match running_pid(&node.dir(&args.dir)) {
-            Some(pid) => pid,
-            None => spawn(&sheep, &args.dir, node, layout.copies)?,
+        let process = match running_pid(&node.dir(&args.dir)) {
+            Some(pid) => Process::Running(pid),
+            None => Process::Started(spawn(&sheep, &args.dir, node, layout.copies)?),
         };
-        started.push((node.clone(), pid));
+        started.push((node.clone(), process));
     }
-    for (node, pid) in &started {
-        wait_until_serving(&args.dir, node, *pid).await?;
+    for (node, mut process) in started {
+        wait_until_serving(&args.dir, &node, &mut process).await?;
+        let pid = process.pid();
         println!(
             "node {} peer=127.0.0.1:{} nbd=127.0.0.1:{} pid={pid}",
             node.id, node.peer_port, node.nbd_port
@@ -152,7 +153,41 @@ fn sheep_binary() -> anyhow::Result<PathBuf> {
     Ok(sheep)
 }
 
-fn spawn(sheep: &Path, root: &Path, node: &LocalNode, copies: u8) -> anyhow::Result<u32> {
+/// A node process: one this command started, or one that was already running.
+enum Process {
+    Started(std::process::Child),
+    Running(u32),
+}
+
+impl Process {
+    fn pid(&self) -> u32 {
+        match self {
+            Process::Started(child) => child.id(),
+            Process::Running(pid) => *pid,
+        }
+    }
+
+    /// Why the process is gone, or `None` while it runs.
+    fn exited(&mut self) -> Option<String> {
+        match self {
+            Process::Started(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(format!("sheep exited with {status}")),
+                Ok(None) => None,
+                Err(e) => Some(format!("cannot watch sheep: {e}")),
+            },
+            Process::Running(pid) => {
+                (!is_sheep(*pid)).then(|| format!("sheep (pid {pid}) is gone"))
+            }
+        }
+    }
+}
+
+fn spawn(
+    sheep: &Path,
+    root: &Path,
+    node: &LocalNode,
+    copies: u8,
+) -> anyhow::Result<std::process::Child> {
     let dir = node.dir(root);
     fs::create_dir_all(&dir)?;
     let log = fs::OpenOptions::new()
@@ -173,7 +208,7 @@ fn spawn(sheep: &Path, root: &Path, node: &LocalNode, copies: u8) -> anyhow::Res
         .spawn()
         .with_context(|| format!("cannot start {}", sheep.display()))?;
     fs::write(dir.join("sheep.pid"), child.id().to_string())?;
-    Ok(child.id())
+    Ok(child)
 }
 
 /// The pid in DIR/sheep.pid if that process is alive and is a sheep.
@@ -200,7 +235,11 @@ fn is_sheep(pid: u32) -> bool {
         && !zombie
 }
 
-async fn wait_until_serving(root: &Path, node: &LocalNode, pid: u32) -> anyhow::Result<()> {
+async fn wait_until_serving(
+    root: &Path,
+    node: &LocalNode,
+    process: &mut Process,
+) -> anyhow::Result<()> {
     let target = Target {
         address: "127.0.0.1".into(),
         port: node.peer_port,
@@ -211,12 +250,15 @@ async fn wait_until_serving(root: &Path, node: &LocalNode, pid: u32) -> anyhow::
         if super::client::channel(&target).await.is_ok() {
             return Ok(());
         }
-        if !is_sheep(pid) || Instant::now() > deadline {
+        let exited = process.exited();
+        if exited.is_some() || Instant::now() > deadline {
+            let why =
+                exited.unwrap_or_else(|| format!("no answer within {}s", START_TIMEOUT.as_secs()));
             let log = node.dir(root).join("sheep.log");
             let tail = fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(5).collect();
             bail!(
-                "node {} did not start serving on port {} (see {}):\n{}",
+                "node {} did not start serving on port {}: {why} (see {}):\n{}",
                 node.id,
                 node.peer_port,
                 log.display(),

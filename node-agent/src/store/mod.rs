@@ -350,14 +350,13 @@ impl ObjectStore {
             obj.file.sync_data().map_err(|e| io_error(oid, e))?;
             tracing::warn!(object = %oid, "recomputed checksums of an object written since the last flush before an unclean stop");
         }
-        self.dirty
-            .lock()
-            .unwrap()
-            .checkpoint()
-            .map_err(|source| StoreError::Sync {
-                path: self.dir.clone(),
-                source,
-            })
+        let mut dirty = self.dirty.lock().unwrap();
+        dirty.take_pending();
+        let sync_err = |source| StoreError::Sync {
+            path: self.dir.clone(),
+            source,
+        };
+        dirty.checkpoint().map_err(sync_err)
     }
 }
 
