@@ -7,6 +7,8 @@
 pub mod cluster_map;
 /// Volume metadata (the inode) and its versioned binary encoding.
 pub mod inode;
+/// Membership: heartbeats and the current map give the next map.
+pub mod membership;
 /// Object ids: `flags | vid | index`, the name of every stored object.
 pub mod oid;
 /// Consistent-hashing placement of objects on nodes.
