@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "../proto/sheepdog/v1/volume.proto",
         "../proto/sheepdog/v1/cluster.proto",
+        "../proto/sheepdog/v1/peer.proto",
+        "../proto/sheepdog/v1/coordinator.proto",
     ];
     tonic_prost_build::configure().compile_with_config(config, &protos, &["../proto"])?;
     for proto in protos {

@@ -14,6 +14,7 @@ fn node(i: usize, weight: u64) -> NodeInfo {
         nbd_addr: String::new(),
         zone: "z".into(),
         weight,
+        joined_epoch: 0,
     }
 }
 

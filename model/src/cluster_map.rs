@@ -22,6 +22,10 @@ pub struct NodeInfo {
     pub zone: String,
     /// Capacity in bytes: the node gets virtual nodes on the ring in proportion to it.
     pub weight: u64,
+    /// Epoch at which the node last joined the map. A node whose copies predate this epoch
+    /// left and came back: its copies may be stale and are refreshed by recovery.
+    #[serde(default)]
+    pub joined_epoch: u64,
 }
 
 /// An epoch-numbered list of nodes. Epochs only grow.
@@ -83,6 +87,7 @@ mod tests {
             nbd_addr: format!("127.0.0.1:1080{id}"),
             zone: "z".into(),
             weight: 1 << 40,
+            joined_epoch: 0,
         }
     }
 

@@ -39,7 +39,8 @@ impl Membership {
     /// The next map, or `None` when `current` still describes the live nodes.
     ///
     /// - Nodes heard within the failure timeout are members, with the addresses, zone and
-    ///   weight of their latest heartbeat; others are removed; new ones join.
+    ///   weight of their latest heartbeat; others are removed; new ones join, with
+    ///   `joined_epoch` set to the new epoch (members keep theirs).
     /// - When no node at all is alive the map is kept: a whole cluster that stopped comes
     ///   back to the epoch it left, and nothing is re-replicated.
     /// - Any change makes a map at `current.epoch + 1`.
@@ -49,15 +50,19 @@ impl Membership {
         heartbeats: &BTreeMap<String, Heartbeat>,
         now_ms: u64,
     ) -> Option<ClusterMap> {
+        let epoch = current.epoch + 1;
         let alive: Vec<NodeInfo> = heartbeats
             .values()
             .filter(|hb| self.alive(hb.at_ms, now_ms))
-            .map(|hb| hb.node.clone())
+            .map(|hb| NodeInfo {
+                joined_epoch: current.node(&hb.node.id).map_or(epoch, |n| n.joined_epoch),
+                ..hb.node.clone()
+            })
             .collect();
         if alive.is_empty() {
             return None;
         }
-        let next = ClusterMap::new(current.epoch + 1, alive);
+        let next = ClusterMap::new(epoch, alive);
         (next.nodes != current.nodes).then_some(next)
     }
 }
@@ -74,6 +79,7 @@ mod tests {
             nbd_addr: format!("{id}:10809"),
             zone: "z".into(),
             weight,
+            joined_epoch: 0,
         }
     }
 
@@ -106,7 +112,11 @@ mod tests {
         );
         let next = M.next_map(&map, &hb, 21_000).unwrap();
         assert_eq!(next.epoch, 5);
-        assert_eq!(next.nodes, vec![node("a", 1)]);
+        assert_eq!(
+            next.nodes,
+            vec![node("a", 1)],
+            "a keeps the epoch it joined at"
+        );
     }
 
     #[test]
@@ -115,6 +125,8 @@ mod tests {
         let next = M.next_map(&map, &beats(&[("a", 5), ("c", 5)]), 10).unwrap();
         assert_eq!(next.epoch, 2);
         assert_eq!(next.nodes.len(), 2);
+        assert_eq!(next.node("c").unwrap().joined_epoch, 2);
+        assert_eq!(next.node("a").unwrap().joined_epoch, 0);
         let mut hb = beats(&[("a", 5)]);
         hb.get_mut("a").unwrap().node.weight = 7;
         assert_eq!(M.next_map(&map, &hb, 10).unwrap().nodes[0].weight, 7);

@@ -1,12 +1,18 @@
 //! Builds and runs a `sheep` node from its configuration.
 
+use crate::cluster::ClusterView;
+use crate::cluster::heartbeat::{self, HeartbeatConfig};
 use crate::config::SheepConfig;
 use crate::gateway::{Gateway, Replicas};
+use crate::local::Local;
 use crate::nbd;
+use crate::peer::{self, PeerApi, Peers};
+use crate::recovery::{Limits, Recovery};
 use crate::rpc::{ClusterApi, MAX_MESSAGE, VolumeApi};
 use crate::store::ObjectStore;
 use anyhow::Context;
 use sheepdog_api::v1::cluster_service_server::ClusterServiceServer;
+use sheepdog_api::v1::peer_service_server::PeerServiceServer;
 use sheepdog_api::v1::volume_service_server::VolumeServiceServer;
 use sheepdog_model::{ClusterMap, NodeInfo};
 use std::path::Path;
@@ -15,22 +21,60 @@ use tokio::net::{TcpListener, UnixListener};
 
 /// Runs the node until SIGTERM or SIGINT, then makes every write durable and returns.
 pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.dir)
-        .with_context(|| format!("cannot create the data directory {}", config.dir.display()))?;
-    let store = Arc::new(ObjectStore::open(&config.dir)?);
+    let dir = config.data_dir()?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let store = Arc::new(ObjectStore::open(&dir)?);
     let me = NodeInfo {
         id: config.node_id(),
         peer_addr: config.listen.to_string(),
         nbd_addr: config.nbd.to_string(),
         zone: config.zone.clone(),
+        joined_epoch: 0,
         weight: match config.weight {
             Some(weight) => weight,
-            None => capacity(&config.dir)?,
+            None => capacity(&dir)?,
         },
     };
-    let map = ClusterMap::new(1, vec![me.clone()]);
-    let replicas = Replicas::new(me.id.clone(), store.clone(), map);
-    let gateway = Arc::new(Gateway::new(replicas, config.copies).await?);
+    // Alone, the node is its own map; in a cluster the coordinator's map arrives by heartbeat.
+    let initial = match &config.coordinator {
+        None => ClusterMap::new(
+            1,
+            vec![NodeInfo {
+                joined_epoch: 1,
+                ..me.clone()
+            }],
+        ),
+        Some(_) => ClusterMap::new(0, vec![]),
+    };
+    let view = Arc::new(
+        ClusterView::open(&dir, me.id.clone(), initial, config.coordinator.is_some())
+            .context("cannot open the cluster map history")?,
+    );
+    let peers = Arc::new(Peers::default());
+    let limits = Limits {
+        concurrency: config.recovery_concurrency,
+        bandwidth: config.recovery_bandwidth,
+    };
+    let recovery = Arc::new(Recovery::new(
+        view.clone(),
+        store.clone(),
+        peers.clone(),
+        limits,
+    ));
+    let local = Arc::new(Local {
+        node: me.id.clone(),
+        store: store.clone(),
+        recovery: recovery.clone(),
+    });
+    let replicas = Replicas::new(
+        view.clone(),
+        local.clone(),
+        peers,
+        config.min_copies,
+        config.io_timeout,
+    );
+    let gateway = Arc::new(Gateway::new(replicas, config.copies));
 
     let grpc = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
@@ -44,7 +88,20 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
             config.nbd
         )
     })?;
-    let nbd_unix = bind_unix(&config.nbd_socket())?;
+    let nbd_unix = bind_unix(&config.nbd_socket(&dir))?;
+    tokio::spawn(recovery.clone().run());
+    if let Some(coordinator) = &config.coordinator {
+        let heartbeat = HeartbeatConfig {
+            coordinator: coordinator.clone(),
+            interval: config.heartbeat_interval,
+        };
+        tokio::spawn(heartbeat::run(
+            heartbeat,
+            me.clone(),
+            view.clone(),
+            recovery.recovered_epoch(),
+        ));
+    }
     tokio::spawn(nbd::serve_tcp(nbd_tcp, gateway.clone()));
     tokio::spawn(nbd::serve_unix(nbd_unix, gateway.clone()));
     tracing::info!(
@@ -52,9 +109,10 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         node.id = %me.id,
         grpc = %config.listen,
         nbd = %config.nbd,
-        nbd.socket = %config.nbd_socket().display(),
+        nbd.socket = %config.nbd_socket(&dir).display(),
+        coordinator = config.coordinator.as_deref().unwrap_or("none (stand-alone)"),
         weight = me.weight,
-        volumes = gateway.inodes().len(),
+        epoch = view.epoch(),
         "sheep is serving"
     );
 
@@ -65,10 +123,18 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
     .max_encoding_message_size(MAX_MESSAGE);
     let cluster = ClusterServiceServer::new(ClusterApi {
         gateway: gateway.clone(),
+        recovery: recovery.clone(),
     });
+    let peer = PeerServiceServer::new(PeerApi {
+        view: view.clone(),
+        local,
+    })
+    .max_decoding_message_size(peer::MAX_MESSAGE)
+    .max_encoding_message_size(peer::MAX_MESSAGE);
     tonic::transport::Server::builder()
         .add_service(volumes)
         .add_service(cluster)
+        .add_service(peer)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc),
             shutdown_signal(),
@@ -78,7 +144,7 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
 
     tracing::info!("stopping: making every write durable");
     store.flush()?;
-    let _ = std::fs::remove_file(config.nbd_socket());
+    let _ = std::fs::remove_file(config.nbd_socket(&dir));
     Ok(())
 }
 
@@ -107,7 +173,7 @@ fn capacity(dir: &Path) -> anyhow::Result<u64> {
     Ok(stat.f_blocks * stat.f_frsize)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");

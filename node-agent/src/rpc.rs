@@ -1,6 +1,7 @@
 //! gRPC control API over the gateway: the volume and cluster services.
 
 use crate::gateway::{self, Gateway, GatewayError};
+use crate::peer::ReplicaError;
 use crate::store::StoreError;
 use sheepdog_api::v1;
 use sheepdog_api::v1::cluster_service_server::ClusterService;
@@ -20,6 +21,7 @@ pub struct VolumeApi {
 
 pub struct ClusterApi {
     pub gateway: Arc<Gateway>,
+    pub recovery: Arc<crate::recovery::Recovery>,
 }
 
 fn volume(inode: &Inode) -> v1::Volume {
@@ -47,9 +49,19 @@ fn status(err: GatewayError) -> Status {
         GatewayError::OutOfRange { .. } => tonic::Code::OutOfRange,
         GatewayError::ReadOnly { .. } => tonic::Code::FailedPrecondition,
         GatewayError::VidsExhausted => tonic::Code::ResourceExhausted,
-        GatewayError::NoReplicas { .. } | GatewayError::ReplicaUnreachable { .. } => {
-            tonic::Code::Unavailable
-        }
+        GatewayError::NoReplicas { .. }
+        | GatewayError::NotEnoughReplicas { .. }
+        | GatewayError::Fenced
+        | GatewayError::TimedOut { .. } => tonic::Code::Unavailable,
+        GatewayError::Replica(e) => match e {
+            ReplicaError::Epoch { .. } | ReplicaError::Unreachable { .. } => {
+                tonic::Code::Unavailable
+            }
+            ReplicaError::Corrupt { .. } => tonic::Code::DataLoss,
+            ReplicaError::DiskFull { .. } => tonic::Code::ResourceExhausted,
+            ReplicaError::Invalid { .. } => tonic::Code::OutOfRange,
+            ReplicaError::Failed { .. } => tonic::Code::Internal,
+        },
         GatewayError::Task(_) => tonic::Code::Internal,
         GatewayError::Store(e) => match e {
             StoreError::DiskFull { .. } => tonic::Code::ResourceExhausted,
@@ -106,7 +118,8 @@ impl VolumeService for VolumeApi {
     ) -> Result<Response<v1::Volume>, Status> {
         let vol = self
             .gateway
-            .volume(&req.into_inner().name)
+            .open_volume(&req.into_inner().name)
+            .await
             .map_err(status)?;
         let inode = vol.inode.read().unwrap().clone();
         Ok(Response::new(volume(&inode)))
@@ -116,7 +129,14 @@ impl VolumeService for VolumeApi {
         &self,
         _: Request<v1::ListVolumesRequest>,
     ) -> Result<Response<v1::ListVolumesResponse>, Status> {
-        let volumes = self.gateway.inodes().iter().map(volume).collect();
+        let volumes = self
+            .gateway
+            .list_volumes()
+            .await
+            .map_err(status)?
+            .iter()
+            .map(volume)
+            .collect();
         Ok(Response::new(v1::ListVolumesResponse { volumes }))
     }
 
@@ -144,7 +164,7 @@ impl VolumeService for VolumeApi {
                 req.length
             )));
         }
-        let vol = self.gateway.volume(&req.name).map_err(status)?;
+        let vol = self.gateway.open_volume(&req.name).await.map_err(status)?;
         let data = self
             .gateway
             .read(&vol, req.offset, u64::from(req.length))
@@ -164,7 +184,7 @@ impl VolumeService for VolumeApi {
                 req.data.len()
             )));
         }
-        let vol = self.gateway.volume(&req.name).map_err(status)?;
+        let vol = self.gateway.open_volume(&req.name).await.map_err(status)?;
         self.gateway
             .write(&vol, req.offset, req.data.into(), false)
             .await
@@ -193,6 +213,7 @@ impl ClusterApi {
     fn nodes(&self) -> Result<Vec<v1::Node>, Status> {
         let replicas = self.gateway.replicas();
         let usage = replicas.store().usage().map_err(|e| status(e.into()))?;
+        // Usage of other nodes is not collected yet: only this node's is shown.
         let map = self.gateway.cluster_map();
         let local = |n: &NodeInfo| (n.id == replicas.self_id()).then_some(usage);
         Ok(map.nodes.iter().map(|n| node(n, local(n))).collect())
@@ -220,6 +241,22 @@ impl ClusterService for ClusterApi {
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
         Ok(Response::new(v1::ListNodesResponse {
             nodes: self.nodes()?,
+        }))
+    }
+
+    async fn get_recovery(
+        &self,
+        _: Request<v1::GetRecoveryRequest>,
+    ) -> Result<Response<v1::RecoveryStatus>, Status> {
+        let p = self.recovery.progress();
+        Ok(Response::new(v1::RecoveryStatus {
+            node_id: self.gateway.replicas().self_id().to_owned(),
+            epoch: p.epoch,
+            listed: p.listed,
+            objects_total: p.total,
+            objects_done: p.done,
+            objects_missing: p.missing,
+            recovered_epoch: p.recovered_epoch,
         }))
     }
 }

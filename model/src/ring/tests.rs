@@ -15,6 +15,7 @@ fn node(id: usize, zone: usize, weight: u64) -> NodeInfo {
         nbd_addr: format!("127.0.0.1:{}", 10809 + id),
         zone: format!("zone-{zone}"),
         weight,
+        joined_epoch: 0,
     }
 }
 

@@ -1,11 +1,12 @@
 //! `sheep`: the Sheepdog storage node.
 
 use clap::Parser;
-use sheepdog_node_agent::{config::SheepConfig, daemon};
+use sheepdog_node_agent::config::{Cli, Role};
+use sheepdog_node_agent::{coordinator, daemon};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = SheepConfig::parse();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -13,7 +14,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     abort_on_panic();
-    daemon::run(config).await
+    match cli.role {
+        Some(Role::Coordinator(config)) => coordinator::run(config).await,
+        None => daemon::run(cli.node).await,
+    }
 }
 
 /// A storage daemon stops at once on a bug rather than limping on with a broken invariant.

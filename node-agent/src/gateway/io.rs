@@ -1,6 +1,7 @@
 //! Volume data I/O: split at object boundaries, resolve each object's owner in the data table.
 
 use super::{Gateway, GatewayError, Result, Volume};
+use crate::store::ObjectSpec;
 use bytes::Bytes;
 use sheepdog_model::ObjectId;
 
@@ -70,9 +71,12 @@ impl Gateway {
             let owner = owner(volume, seg.index);
             let oid = ObjectId::data(layout.vid, seg.index);
             let part = data.slice(seg.at..seg.at + seg.len as usize);
-            let capacity = layout.object_size;
+            let spec = ObjectSpec {
+                capacity: layout.object_size,
+                copies: layout.copies,
+            };
             self.replicas
-                .write(oid, layout.copies, capacity, seg.offset, part, fua)
+                .write(oid, spec, seg.offset, part, fua)
                 .await?;
             if owner != layout.vid {
                 self.set_owner(volume, seg.index, layout.vid, fua).await?;

@@ -10,6 +10,7 @@ mod volumes;
 
 pub use replicas::Replicas;
 
+use crate::peer::ReplicaError;
 use crate::store::StoreError;
 use sheepdog_model::inode::InodeError;
 use sheepdog_model::{ClusterMap, Inode, ObjectId};
@@ -36,8 +37,20 @@ pub enum GatewayError {
     ReadOnly { name: String },
     #[error("no storage node can hold object {oid}: the cluster map has no nodes")]
     NoReplicas { oid: ObjectId },
-    #[error("replica {node} of object {oid} is not reachable from this node")]
-    ReplicaUnreachable { oid: ObjectId, node: String },
+    #[error(
+        "only {live} live replicas for object {oid}, fewer than minCopies {need}: writes resume when nodes return"
+    )]
+    NotEnoughReplicas {
+        oid: ObjectId,
+        live: usize,
+        need: usize,
+    },
+    #[error("this node cannot reach the coordinator, so it serves no I/O (its lease expired)")]
+    Fenced,
+    #[error("gave up on object {oid}: {reason}")]
+    TimedOut { oid: ObjectId, reason: String },
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
     #[error("every volume id is in use; delete volumes to free some")]
     VidsExhausted,
     #[error(transparent)]
@@ -63,17 +76,15 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway over `replicas`, loading the volumes already stored.
-    pub async fn new(replicas: Replicas, default_copies: u8) -> Result<Self> {
-        let gateway = Self {
+    /// A gateway over `replicas`. Volumes are found in the cluster when first asked for.
+    pub fn new(replicas: Replicas, default_copies: u8) -> Self {
+        Self {
             replicas,
             default_copies,
             volumes: RwLock::default(),
             names: RwLock::default(),
             metadata: tokio::sync::Mutex::new(()),
-        };
-        gateway.load_volumes().await?;
-        Ok(gateway)
+        }
     }
 
     pub fn cluster_map(&self) -> ClusterMap {
@@ -97,7 +108,40 @@ impl Gateway {
             })
     }
 
-    /// Copies of every volume's inode, sorted by name.
+    /// The volume called `name`, with its inode freshly read from its replicas (another
+    /// gateway may have written to it); looks through the whole cluster if it is not cached.
+    pub async fn open_volume(&self, name: &str) -> Result<Arc<Volume>> {
+        let volume = match self.volume(name) {
+            Ok(volume) => volume,
+            Err(_) => {
+                self.load_volumes().await?;
+                self.volume(name)?
+            }
+        };
+        let (vid, copies) = {
+            let inode = volume.inode.read().unwrap();
+            (inode.vid, inode.copies)
+        };
+        match self.read_inode(ObjectId::inode(vid), copies).await {
+            Ok(fresh) => *volume.inode.write().unwrap() = fresh,
+            Err(GatewayError::InvalidVolume(InodeError::BadMagic)) => {
+                self.forget(vid);
+                return Err(GatewayError::NoSuchVolume {
+                    name: name.to_owned(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(volume)
+    }
+
+    /// Every volume in the cluster, sorted by name.
+    pub async fn list_volumes(&self) -> Result<Vec<Inode>> {
+        self.load_volumes().await?;
+        Ok(self.inodes())
+    }
+
+    /// Copies of every cached volume's inode, sorted by name.
     pub fn inodes(&self) -> Vec<Inode> {
         let volumes = self.volumes.read().unwrap();
         let mut inodes: Vec<Inode> = volumes

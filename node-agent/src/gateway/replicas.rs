@@ -1,72 +1,109 @@
-//! Replicated object I/O: the one place that decides which nodes hold an object.
+//! Replicated object I/O: the one place that decides which nodes hold an object and talks to
+//! them.
 
 use super::{GatewayError, Result};
-use crate::store::ObjectStore;
-use sheepdog_model::{ClusterMap, ObjectId, Ring};
-use std::sync::{Arc, RwLock};
+use crate::cluster::{ClusterView, Epoch};
+use crate::local::Local;
+use crate::peer::{Peers, ReplicaError};
+use crate::recovery::catch_up;
+use crate::store::{ObjectSpec, ObjectStore};
+use bytes::Bytes;
+use sheepdog_model::{ClusterMap, NodeInfo, ObjectId};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-struct View {
-    map: ClusterMap,
-    ring: Ring,
+/// Pause between attempts while a replica is unreachable.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// One operation on one object.
+#[derive(Debug, Clone)]
+enum Op {
+    Write {
+        spec: ObjectSpec,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
+    Zero {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
+    Remove,
 }
 
 /// Replicated I/O on objects.
 ///
-/// Guarantees, today (one node per replica set):
-/// - a write or zero is acknowledged only when every node of the object's replica set has
-///   applied it; with `fua` it is durable (fsynced) on each of them;
-/// - a read is served by one replica;
+/// Guarantees:
 /// - an object's replica set is the first `copies` distinct nodes on the ring of the current
-///   cluster map, the same answer on every node.
+///   map (in distinct zones when there are enough), the same on every node;
+/// - a write, zero or remove is sent to every replica in parallel and acknowledged only when
+///   all of them have applied it; with `fua` it is durable on each of them;
+/// - a replica on another epoch refuses; this node then adopts the newer map (or pushes its
+///   own) and retries at once with the replica set of the newest map;
+/// - while a replica is unreachable the operation is retried until a new epoch removes that
+///   node (failure detection), then applied to the new set; after `io_timeout` without
+///   success it fails;
+/// - when the current map gives fewer than `min_copies` replicas, writes are refused at once;
+/// - a read is served by one replica (this node first when it is one), falling over to the
+///   others when a copy is unreachable or corrupt;
+/// - no I/O is served while this node's lease has lapsed (it cannot reach the coordinator), so
+///   a partitioned node acknowledges nothing on a stale epoch.
 ///
-/// Not yet: replica sets spanning several nodes, retries across epochs and `minCopies`; a
-/// replica that is not this node is reported unreachable. Replication fills this in without
-/// changing callers.
+/// Not guaranteed: atomicity across replicas of a write that fails (replicas may differ in the
+/// range of an unacknowledged write, as a local disk may after a crash).
 pub struct Replicas {
-    self_id: String,
-    store: Arc<ObjectStore>,
-    view: RwLock<View>,
+    view: Arc<ClusterView>,
+    local: Arc<Local>,
+    peers: Arc<Peers>,
+    min_copies: Option<u8>,
+    io_timeout: Duration,
+    /// Nodes written since the last flush.
+    dirty: Mutex<HashSet<String>>,
 }
 
 impl Replicas {
-    pub fn new(self_id: String, store: Arc<ObjectStore>, map: ClusterMap) -> Self {
-        let ring = Ring::new(&map);
+    pub fn new(
+        view: Arc<ClusterView>,
+        local: Arc<Local>,
+        peers: Arc<Peers>,
+        min_copies: Option<u8>,
+        io_timeout: Duration,
+    ) -> Self {
         Self {
-            self_id,
-            store,
-            view: RwLock::new(View { map, ring }),
+            view,
+            local,
+            peers,
+            min_copies,
+            io_timeout,
+            dirty: Mutex::default(),
         }
     }
 
     pub fn map(&self) -> ClusterMap {
-        self.view.read().unwrap().map.clone()
+        self.view.current().map.clone()
+    }
+
+    pub fn view(&self) -> &Arc<ClusterView> {
+        &self.view
+    }
+
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
     }
 
     pub fn store(&self) -> &Arc<ObjectStore> {
-        &self.store
+        &self.local.store
     }
 
     pub fn self_id(&self) -> &str {
-        &self.self_id
+        self.view.self_id()
     }
 
-    /// Checks that `oid`'s whole replica set is reachable and returns the local store.
-    fn local(&self, oid: ObjectId, copies: u8) -> Result<Arc<ObjectStore>> {
-        let view = self.view.read().unwrap();
-        let set = view.ring.replicas(oid, usize::from(copies));
-        if set.is_empty() {
-            return Err(GatewayError::NoReplicas { oid });
-        }
-        for index in set {
-            let node = &view.map.nodes[index];
-            if node.id != self.self_id {
-                return Err(GatewayError::ReplicaUnreachable {
-                    oid,
-                    node: node.id.clone(),
-                });
-            }
-        }
-        Ok(self.store.clone())
+    /// Replicas that must take a write: Ceph's default `min_size` unless configured.
+    pub fn min_copies(&self, copies: u8) -> usize {
+        usize::from(self.min_copies.unwrap_or(copies - copies / 2).min(copies))
     }
 
     pub async fn read(
@@ -76,25 +113,66 @@ impl Replicas {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>> {
-        let store = self.local(oid, copies)?;
-        blocking(move || {
-            let mut buf = vec![0u8; len];
-            store.read(oid, offset, &mut buf).map(|()| buf)
-        })
-        .await
+        let deadline = Instant::now() + self.io_timeout;
+        loop {
+            let epoch = self.admit(deadline).await?;
+            let mut set = epoch.replicas(oid, copies);
+            if set.is_empty() {
+                return Err(GatewayError::NoReplicas { oid });
+            }
+            set.sort_by_key(|n| n.id != self.self_id());
+            let mut last = None;
+            for node in set {
+                let got = if node.id == self.self_id() {
+                    self.local.read(&epoch, oid, offset, len).await
+                } else {
+                    self.peers
+                        .read(node, epoch.epoch(), oid, offset, len as u32)
+                        .await
+                };
+                match got {
+                    Ok(data) => return Ok(data),
+                    Err(e @ ReplicaError::Epoch { .. }) => {
+                        catch_up(&self.view, &self.peers, node, &e).await;
+                        last = Some(e);
+                        break;
+                    }
+                    Err(
+                        e @ (ReplicaError::Unreachable { .. }
+                        | ReplicaError::Corrupt { .. }
+                        | ReplicaError::Failed { .. }),
+                    ) => {
+                        tracing::warn!(object = %oid, error = %e, "read failed on one replica; trying another");
+                        last = Some(e);
+                    }
+                    Err(e @ (ReplicaError::Invalid { .. } | ReplicaError::DiskFull { .. })) => {
+                        return Err(e.into());
+                    }
+                }
+            }
+            self.pause(deadline, oid, last).await?;
+        }
     }
 
     pub async fn write(
         &self,
         oid: ObjectId,
-        copies: u8,
-        capacity: u64,
+        spec: ObjectSpec,
         offset: u64,
-        data: bytes::Bytes,
+        data: Bytes,
         fua: bool,
     ) -> Result<()> {
-        let store = self.local(oid, copies)?;
-        blocking(move || store.write(oid, capacity, offset, &data, fua)).await
+        self.mutate(
+            oid,
+            spec.copies,
+            Op::Write {
+                spec,
+                offset,
+                data,
+                fua,
+            },
+        )
+        .await
     }
 
     pub async fn zero(
@@ -105,28 +183,174 @@ impl Replicas {
         len: u64,
         fua: bool,
     ) -> Result<()> {
-        let store = self.local(oid, copies)?;
-        blocking(move || store.zero(oid, offset, len, fua)).await
+        self.mutate(oid, copies, Op::Zero { offset, len, fua })
+            .await
     }
 
     pub async fn remove(&self, oid: ObjectId, copies: u8) -> Result<()> {
-        let store = self.local(oid, copies)?;
-        blocking(move || store.remove(oid)).await
+        self.mutate(oid, copies, Op::Remove).await
     }
 
-    /// Makes every completed write durable on every node.
+    /// Makes every write this gateway completed before the call durable on every replica.
     pub async fn flush(&self) -> Result<()> {
-        let store = self.store.clone();
-        blocking(move || store.flush()).await
+        let mut nodes: HashSet<String> = std::mem::take(&mut *self.dirty.lock().unwrap());
+        let deadline = Instant::now() + self.io_timeout;
+        while !nodes.is_empty() {
+            let epoch = self.admit(deadline).await?;
+            // A node removed from the map no longer holds anything that counts.
+            nodes.retain(|id| epoch.map.node(id).is_some());
+            let targets: Vec<NodeInfo> = nodes
+                .iter()
+                .filter_map(|id| epoch.map.node(id).cloned())
+                .collect();
+            let e = epoch.epoch();
+            let results = futures::future::join_all(targets.iter().map(|node| async move {
+                let done = if node.id == self.self_id() {
+                    self.local.flush().await
+                } else {
+                    self.peers.flush(node, e).await
+                };
+                (node, done)
+            }))
+            .await;
+            let mut last = None;
+            for (node, done) in results {
+                match done {
+                    Ok(()) => {
+                        nodes.remove(&node.id);
+                    }
+                    Err(e @ ReplicaError::Epoch { .. }) => {
+                        catch_up(&self.view, &self.peers, node, &e).await
+                    }
+                    Err(e @ ReplicaError::Unreachable { .. }) => last = Some(e),
+                    Err(e) => {
+                        self.dirty.lock().unwrap().extend(nodes);
+                        return Err(e.into());
+                    }
+                }
+            }
+            if !nodes.is_empty()
+                && let Err(e) = self.pause(deadline, ObjectId::inode(1), last).await
+            {
+                self.dirty.lock().unwrap().extend(nodes);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
-}
 
-/// Runs blocking store work off the async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> crate::store::Result<T> + Send + 'static,
-) -> Result<T> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(GatewayError::from),
-        Err(e) => Err(GatewayError::Task(e.to_string())),
+    async fn mutate(&self, oid: ObjectId, copies: u8, op: Op) -> Result<()> {
+        let deadline = Instant::now() + self.io_timeout;
+        loop {
+            let epoch = self.admit(deadline).await?;
+            let set = epoch.replicas(oid, copies);
+            let need = self.min_copies(copies);
+            if set.len() < need {
+                tracing::warn!(object = %oid, epoch = epoch.epoch(), replicas = set.len(), need, "refusing write: fewer live replicas than minCopies");
+                return Err(GatewayError::NotEnoughReplicas {
+                    oid,
+                    live: set.len(),
+                    need,
+                });
+            }
+            let results = futures::future::join_all(
+                set.iter().map(|node| self.apply(&epoch, node, oid, &op)),
+            )
+            .await;
+            let mut retry = None;
+            let mut refused = false;
+            for (node, result) in set.iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        self.dirty.lock().unwrap().insert(node.id.clone());
+                    }
+                    Err(e @ ReplicaError::Epoch { .. }) => {
+                        catch_up(&self.view, &self.peers, node, &e).await;
+                        refused = true;
+                    }
+                    Err(e @ ReplicaError::Unreachable { .. }) => retry = Some(e),
+                    Err(
+                        e @ (ReplicaError::Corrupt { .. }
+                        | ReplicaError::DiskFull { .. }
+                        | ReplicaError::Invalid { .. }
+                        | ReplicaError::Failed { .. }),
+                    ) => {
+                        return Err(e.into());
+                    }
+                }
+            }
+            if refused {
+                continue;
+            }
+            match retry {
+                None => return Ok(()),
+                Some(e) => self.pause(deadline, oid, Some(e)).await?,
+            }
+        }
+    }
+
+    async fn apply(
+        &self,
+        epoch: &Epoch,
+        node: &NodeInfo,
+        oid: ObjectId,
+        op: &Op,
+    ) -> std::result::Result<(), ReplicaError> {
+        let e = epoch.epoch();
+        if node.id == self.self_id() {
+            return match op.clone() {
+                Op::Write {
+                    spec,
+                    offset,
+                    data,
+                    fua,
+                } => self.local.write(epoch, oid, spec, offset, data, fua).await,
+                Op::Zero { offset, len, fua } => {
+                    self.local.zero(epoch, oid, offset, len, fua).await
+                }
+                Op::Remove => self.local.remove(epoch, oid).await,
+            };
+        }
+        match op.clone() {
+            Op::Write {
+                spec,
+                offset,
+                data,
+                fua,
+            } => {
+                self.peers
+                    .write(node, e, oid, spec, offset, data, fua)
+                    .await
+            }
+            Op::Zero { offset, len, fua } => self.peers.zero(node, e, oid, offset, len, fua).await,
+            Op::Remove => self.peers.remove(node, e, oid).await,
+        }
+    }
+
+    /// The current epoch, once this node holds a valid lease.
+    async fn admit(&self, deadline: Instant) -> Result<Arc<Epoch>> {
+        while !self.view.lease_valid() {
+            if Instant::now() > deadline {
+                return Err(GatewayError::Fenced);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        Ok(self.view.current())
+    }
+
+    /// Waits before another attempt, or fails once the deadline has passed.
+    async fn pause(
+        &self,
+        deadline: Instant,
+        oid: ObjectId,
+        last: Option<ReplicaError>,
+    ) -> Result<()> {
+        if Instant::now() > deadline {
+            let reason = last.map_or_else(|| "no replica answered".to_owned(), |e| e.to_string());
+            tracing::warn!(object = %oid, %reason, "giving up on an object after the I/O timeout");
+            return Err(GatewayError::TimedOut { oid, reason });
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+        Ok(())
     }
 }

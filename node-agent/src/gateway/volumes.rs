@@ -5,9 +5,11 @@
 //! 4-byte data-table entry at a time when an object is first written.
 
 use super::{Gateway, GatewayError, Result, Volume};
+use crate::store::ObjectSpec;
 use sheepdog_model::inode::{self, INODE_OBJECT_CAPACITY};
 use sheepdog_model::oid::MAX_VID;
 use sheepdog_model::{DEFAULT_OBJECT_SIZE, Inode, ObjectId};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,6 +24,7 @@ impl Gateway {
     ) -> Result<Inode> {
         let _serial = self.metadata.lock().await;
         inode::validate_name(name)?;
+        self.load_volumes().await?;
         if self.names.read().unwrap().contains_key(name) {
             return Err(GatewayError::VolumeExists {
                 name: name.to_owned(),
@@ -60,7 +63,7 @@ impl Gateway {
     /// Deletes a volume and every object it owns.
     pub async fn delete_volume(&self, name: &str) -> Result<()> {
         let _serial = self.metadata.lock().await;
-        let inode = self.volume(name)?.inode.read().unwrap().clone();
+        let inode = self.open_volume(name).await?.inode.read().unwrap().clone();
         for (index, &owner) in inode.data_vids.iter().enumerate() {
             if owner == inode.vid {
                 self.replicas
@@ -80,7 +83,7 @@ impl Gateway {
     /// Changes a volume's size; shrinking frees the objects past the new end.
     pub async fn resize_volume(&self, name: &str, size: u64) -> Result<Inode> {
         let _serial = self.metadata.lock().await;
-        let volume = self.volume(name)?;
+        let volume = self.open_volume(name).await?;
         let old = volume.inode.read().unwrap().clone();
         let mut new = old.clone();
         new.resize(size)?;
@@ -115,7 +118,16 @@ impl Gateway {
         let oid = ObjectId::inode(inode.vid);
         let bytes = bytes::Bytes::from(inode.encode());
         self.replicas
-            .write(oid, inode.copies, INODE_OBJECT_CAPACITY, 0, bytes, true)
+            .write(
+                oid,
+                ObjectSpec {
+                    capacity: INODE_OBJECT_CAPACITY,
+                    copies: inode.copies,
+                },
+                0,
+                bytes,
+                true,
+            )
             .await
     }
 
@@ -134,7 +146,16 @@ impl Gateway {
         let entry = bytes::Bytes::copy_from_slice(&owner.to_le_bytes());
         let (oid, at) = (ObjectId::inode(vid), Inode::table_offset(index));
         self.replicas
-            .write(oid, copies, INODE_OBJECT_CAPACITY, at, entry, fua)
+            .write(
+                oid,
+                ObjectSpec {
+                    capacity: INODE_OBJECT_CAPACITY,
+                    copies,
+                },
+                at,
+                entry,
+                fua,
+            )
             .await?;
         if let Some(slot) = volume
             .inode
@@ -169,31 +190,74 @@ impl Gateway {
         self.volumes.write().unwrap().insert(inode.vid, volume);
     }
 
-    /// Reads every inode stored on this node.
+    /// Finds the inodes stored anywhere in the cluster and caches the volumes; forgets cached
+    /// volumes whose inode no longer exists.
     pub(super) async fn load_volumes(&self) -> Result<()> {
-        let store = self.replicas.store().clone();
-        let oids = store.list()?;
-        for oid in oids.into_iter().filter(|o| o.is_inode()) {
-            let inode = self.read_inode(oid).await?;
-            tracing::info!(volume.name = %inode.name, vdi.id = inode.vid, "loaded volume");
-            self.insert(inode);
+        let inodes = self.inode_objects().await;
+        let known: Vec<u32> = self.volumes.read().unwrap().keys().copied().collect();
+        for vid in known {
+            if !inodes.contains_key(&ObjectId::inode(vid)) {
+                self.forget(vid);
+            }
+        }
+        for (oid, copies) in inodes {
+            if self.volumes.read().unwrap().contains_key(&oid.vid()) {
+                continue;
+            }
+            match self.read_inode(oid, copies).await {
+                Ok(inode) => self.insert(inode),
+                Err(e) => tracing::warn!(object = %oid, error = %e, "cannot read a volume's inode"),
+            }
         }
         Ok(())
     }
 
-    async fn read_inode(&self, oid: ObjectId) -> Result<Inode> {
-        let store = self.replicas.store().clone();
-        let read = move || -> Result<Inode> {
-            let mut header = vec![0u8; inode::HEADER_LEN];
-            store.read(oid, 0, &mut header)?;
-            let partial = Inode::decode(&header)?;
-            let mut bytes = vec![0u8; partial.encoded_len()];
-            store.read(oid, 0, &mut bytes)?;
-            Ok(Inode::decode(&bytes)?)
-        };
-        tokio::task::spawn_blocking(read)
-            .await
-            .map_err(|e| GatewayError::Task(e.to_string()))?
+    /// Inode objects held by any reachable node, with their copies.
+    async fn inode_objects(&self) -> HashMap<ObjectId, u8> {
+        let mut found: HashMap<ObjectId, u8> = self
+            .replicas
+            .store()
+            .list()
+            .into_iter()
+            .filter(|(o, _)| o.is_inode())
+            .collect();
+        let view = self.replicas.view().current();
+        for node in view
+            .map
+            .nodes
+            .iter()
+            .filter(|n| n.id != self.replicas.self_id())
+        {
+            match self.replicas.peers().list(node, view.epoch()).await {
+                Ok(list) => found.extend(list.into_iter().filter(|(o, _)| o.is_inode())),
+                Err(e) => {
+                    tracing::debug!(node.id = %node.id, error = %e, "cannot list a node's volumes")
+                }
+            }
+        }
+        found
+    }
+
+    pub(super) fn forget(&self, vid: u32) {
+        if let Some(volume) = self.volumes.write().unwrap().remove(&vid) {
+            let name = volume.inode.read().unwrap().name.clone();
+            self.names.write().unwrap().remove(&name);
+        }
+    }
+
+    /// Reads an inode, header then data table, from its replicas.
+    pub(super) async fn read_inode(&self, oid: ObjectId, copies: u8) -> Result<Inode> {
+        let header = self
+            .replicas
+            .read(oid, copies, 0, inode::HEADER_LEN)
+            .await?;
+        let partial = Inode::decode(&header)?;
+        let table_len = partial.encoded_len() - inode::HEADER_LEN;
+        let table = self
+            .replicas
+            .read(oid, copies, inode::HEADER_LEN as u64, table_len)
+            .await?;
+        Ok(Inode::decode(&[header, table].concat())?)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::proto::*;
 use crate::gateway::GatewayError;
+use crate::peer::ReplicaError;
 use crate::store::StoreError;
 
 /// The NBD error for `err` raised by a request of command `kind`.
@@ -15,9 +16,24 @@ pub fn errno(err: &GatewayError, kind: u16) -> u32 {
         GatewayError::VidsExhausted => ENOSPC,
         GatewayError::NoSuchVolume { .. }
         | GatewayError::NoReplicas { .. }
-        | GatewayError::ReplicaUnreachable { .. }
+        | GatewayError::NotEnoughReplicas { .. }
+        | GatewayError::Fenced
+        | GatewayError::TimedOut { .. }
         | GatewayError::Task(_) => EIO,
         GatewayError::Store(e) => store_errno(e),
+        GatewayError::Replica(e) => replica_errno(e, writes),
+    }
+}
+
+fn replica_errno(err: &ReplicaError, writes: bool) -> u32 {
+    match err {
+        ReplicaError::DiskFull { .. } => ENOSPC,
+        ReplicaError::Invalid { .. } if writes => ENOSPC,
+        ReplicaError::Invalid { .. } => EINVAL,
+        ReplicaError::Epoch { .. }
+        | ReplicaError::Unreachable { .. }
+        | ReplicaError::Corrupt { .. }
+        | ReplicaError::Failed { .. } => EIO,
     }
 }
 

@@ -106,7 +106,8 @@ where
 {
     let name = parse_export_name(data).unwrap_or_default();
     let volume = gateway
-        .volume(&name)
+        .open_volume(&name)
+        .await
         .map_err(|_| HandshakeError::UnknownExport(name.clone()))?;
     let (size, flags) = export_info(&volume);
     let mut out = Vec::with_capacity(134);
@@ -133,7 +134,7 @@ async fn list<S: AsyncWrite + Unpin>(
         )
         .await;
     }
-    for inode in gateway.inodes() {
+    for inode in gateway.list_volumes().await.unwrap_or_default() {
         let mut entry = (inode.name.len() as u32).to_be_bytes().to_vec();
         entry.extend_from_slice(inode.name.as_bytes());
         reply(stream, OPT_LIST, REP_SERVER, &entry).await?;
@@ -160,7 +161,7 @@ where
         .await?;
         return Ok(None);
     };
-    let Ok(volume) = gateway.volume(&request.name) else {
+    let Ok(volume) = gateway.open_volume(&request.name).await else {
         let msg = format!(
             "no volume named {:?}; `dog vdi list` shows the volumes",
             request.name

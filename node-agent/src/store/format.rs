@@ -2,7 +2,7 @@
 //!
 //! | offset        | size            | content                                          |
 //! |---------------|-----------------|--------------------------------------------------|
-//! | 0             | 4096            | header: magic `SHEEPOBJ`, version, block size, oid, capacity, CRC32C |
+//! | 0             | 4096            | header: magic `SHEEPOBJ`, version, copies, block size, oid, capacity, CRC32C |
 //! | 4096          | table_len       | one u32 per 4 KiB block: CRC32C(block) XOR CRC32C(zero block) |
 //! | 4096+table_len| capacity        | the object's bytes, sparse                        |
 //!
@@ -30,6 +30,9 @@ pub struct ObjectHeader {
     pub oid: ObjectId,
     /// Bytes of object data the file can hold (a multiple of the block size).
     pub capacity: u64,
+    /// Copies the cluster keeps of this object (its volume's copies): recovery needs it to
+    /// place the object without reading the volume's inode.
+    pub copies: u8,
 }
 
 /// Why an object file's header cannot be used.
@@ -75,6 +78,7 @@ impl ObjectHeader {
         let mut buf = vec![0u8; HEADER_LEN as usize];
         buf[0..8].copy_from_slice(MAGIC);
         buf[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        buf[10] = self.copies;
         buf[12..16].copy_from_slice(&BLOCK_SIZE.to_le_bytes());
         buf[16..24].copy_from_slice(&self.oid.raw().to_le_bytes());
         buf[24..32].copy_from_slice(&self.capacity.to_le_bytes());
@@ -104,7 +108,11 @@ impl ObjectHeader {
         }
         let oid = ObjectId::from_raw(u64::from_le_bytes(buf[16..24].try_into().unwrap()))?;
         let capacity = u64::from_le_bytes(buf[24..32].try_into().unwrap());
-        Ok(Self { oid, capacity })
+        Ok(Self {
+            oid,
+            capacity,
+            copies: buf[10],
+        })
     }
 }
 
@@ -138,6 +146,7 @@ mod tests {
         let header = ObjectHeader {
             oid: ObjectId::data(5, 9),
             capacity: 4 << 20,
+            copies: 3,
         };
         let mut bytes = header.encode();
         assert_eq!(ObjectHeader::decode(&bytes), Ok(header));

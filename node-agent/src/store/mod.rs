@@ -60,6 +60,15 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What an object is created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectSpec {
+    /// Bytes of data the object holds.
+    pub capacity: u64,
+    /// Copies the cluster keeps of it.
+    pub copies: u8,
+}
+
 /// Space used by the store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -75,6 +84,8 @@ struct ObjectFile {
 
 pub struct ObjectStore {
     dir: PathBuf,
+    /// Every stored object and its copies, loaded from the headers at start.
+    index: RwLock<HashMap<ObjectId, u8>>,
     files: Mutex<HashMap<ObjectId, Arc<ObjectFile>>>,
     locks: Vec<RwLock<()>>,
     dirty: Mutex<DirtyLog>,
@@ -94,8 +105,10 @@ impl ObjectStore {
         fs::create_dir_all(&dir).map_err(open_dir)?;
         remove_temp_files(&dir).map_err(open_dir)?;
         let (log, leftover) = DirtyLog::open(&data_dir.join("dirty.log")).map_err(open_dir)?;
+        let index = RwLock::new(load_index(&dir).map_err(open_dir)?);
         let store = Self {
             dir,
+            index,
             files: Mutex::new(HashMap::new()),
             locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
             dirty: Mutex::new(log),
@@ -119,12 +132,12 @@ impl ObjectStore {
         Ok(())
     }
 
-    /// Writes `data` at `offset` of `oid`, creating the object with `capacity` bytes if needed.
+    /// Writes `data` at `offset` of `oid`, creating the object as `spec` says if needed.
     /// With `fua`, the data is durable when this returns.
     pub fn write(
         &self,
         oid: ObjectId,
-        capacity: u64,
+        spec: ObjectSpec,
         offset: u64,
         data: &[u8],
         fua: bool,
@@ -133,7 +146,7 @@ impl ObjectStore {
             let _guard = self.lock(oid).write().unwrap();
             let obj = match self.object(oid)? {
                 Some(obj) => obj,
-                None => self.create(oid, capacity)?,
+                None => self.create(oid, spec)?,
             };
             check_range(&obj, offset, data.len() as u64)?;
             self.mark_dirty(oid)?;
@@ -200,27 +213,24 @@ impl ObjectStore {
     }
 
     /// Whether `oid` is stored here.
-    pub fn contains(&self, oid: ObjectId) -> Result<bool> {
-        Ok(self.object(oid)?.is_some())
+    pub fn contains(&self, oid: ObjectId) -> bool {
+        self.index.read().unwrap().contains_key(&oid)
     }
 
-    /// Every object stored here.
-    pub fn list(&self) -> Result<Vec<ObjectId>> {
-        let entries = fs::read_dir(&self.dir).map_err(|source| StoreError::OpenDir {
-            path: self.dir.clone(),
-            source,
-        })?;
-        Ok(entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| u64::from_str_radix(e.file_name().to_str()?, 16).ok())
-            .filter_map(|raw| ObjectId::from_raw(raw).ok())
-            .collect())
+    /// Every object stored here, with its copies.
+    pub fn list(&self) -> Vec<(ObjectId, u8)> {
+        self.index
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(&oid, &copies)| (oid, copies))
+            .collect()
     }
 
     /// Objects stored and disk bytes they occupy.
     pub fn usage(&self) -> Result<Usage> {
         let mut usage = Usage::default();
-        for oid in self.list()? {
+        for (oid, _) in self.list() {
             if let Ok(meta) = fs::metadata(self.path(oid)) {
                 usage.objects += 1;
                 usage.bytes += meta.blocks() * 512;
@@ -242,6 +252,9 @@ impl ObjectStore {
     fn object(&self, oid: ObjectId) -> Result<Option<Arc<ObjectFile>>> {
         if let Some(obj) = self.files.lock().unwrap().get(&oid) {
             return Ok(Some(obj.clone()));
+        }
+        if !self.contains(oid) {
+            return Ok(None);
         }
         let path = self.path(oid);
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
@@ -272,11 +285,20 @@ impl ObjectStore {
     }
 
     /// Creates an empty object file: written under a temporary name, then renamed into place.
-    fn create(&self, oid: ObjectId, capacity: u64) -> Result<Arc<ObjectFile>> {
+    fn create(&self, oid: ObjectId, spec: ObjectSpec) -> Result<Arc<ObjectFile>> {
         let header = ObjectHeader {
             oid,
-            capacity: capacity.div_ceil(BS) * BS,
+            capacity: spec.capacity.div_ceil(BS) * BS,
+            copies: spec.copies,
         };
+        let file = self.create_file(header, &[])?;
+        Ok(self.cache(oid, ObjectFile { file, header }))
+    }
+
+    /// Writes a new object file holding `data` (sparse: zero blocks are skipped) and renames it
+    /// into place, replacing any older file and updating the index.
+    fn create_file(&self, header: ObjectHeader, data: &[u8]) -> Result<File> {
+        let oid = header.oid;
         let tmp = self.dir.join(format!(".tmp-{oid}"));
         let write_err = |source: io::Error| io_error(oid, source);
         let file = OpenOptions::new()
@@ -288,13 +310,71 @@ impl ObjectStore {
             .map_err(write_err)?;
         file.write_all_at(&header.encode(), 0).map_err(write_err)?;
         file.set_len(header.file_len()).map_err(write_err)?;
+        let mut table = vec![0u8; header.table_len() as usize];
+        for (i, block) in data.chunks(BS as usize).enumerate() {
+            if block.iter().any(|&b| b != 0) {
+                let mut full = block.to_vec();
+                full.resize(BS as usize, 0);
+                file.write_all_at(&full, header.data_offset() + i as u64 * BS)
+                    .map_err(write_err)?;
+                table[i * 4..i * 4 + 4]
+                    .copy_from_slice(&format::block_checksum(&full).to_le_bytes());
+            }
+        }
+        if !data.is_empty() {
+            file.write_all_at(&table, HEADER_LEN).map_err(write_err)?;
+            file.sync_data().map_err(write_err)?;
+        }
         fs::rename(&tmp, self.path(oid)).map_err(write_err)?;
         self.dir_dirty.store(true, Ordering::Release);
-        Ok(self.cache(oid, ObjectFile { file, header }))
+        self.index.write().unwrap().insert(oid, header.copies);
+        Ok(file)
+    }
+
+    /// Replaces `oid` with a complete copy (recovery). Durable when this returns.
+    pub fn put(&self, oid: ObjectId, spec: ObjectSpec, data: &[u8]) -> Result<()> {
+        let _guard = self.lock(oid).write().unwrap();
+        self.files.lock().unwrap().remove(&oid);
+        let header = ObjectHeader {
+            oid,
+            capacity: spec.capacity.div_ceil(BS) * BS,
+            copies: spec.copies,
+        };
+        if data.len() as u64 > header.capacity {
+            let (offset, len, capacity) = (0, data.len() as u64, header.capacity);
+            return Err(StoreError::OutOfRange {
+                oid,
+                offset,
+                len,
+                capacity,
+            });
+        }
+        self.create_file(header, data)?;
+        self.sync_dir()
+    }
+
+    /// A whole object: its spec and its bytes up to the last non-zero block.
+    pub fn get(&self, oid: ObjectId) -> Result<Option<(ObjectSpec, Vec<u8>)>> {
+        let _guard = self.lock(oid).read().unwrap();
+        let Some(obj) = self.object(oid)? else {
+            return Ok(None);
+        };
+        let mut data = vec![0u8; obj.header.capacity as usize];
+        read_verified(&obj, 0, &mut data)?;
+        let used = data
+            .chunks(BS as usize)
+            .rposition(|b| b.iter().any(|&x| x != 0));
+        data.truncate(used.map_or(0, |i| (i + 1) * BS as usize));
+        let spec = ObjectSpec {
+            capacity: obj.header.capacity,
+            copies: obj.header.copies,
+        };
+        Ok(Some((spec, data)))
     }
 
     fn remove_locked(&self, oid: ObjectId, durable: bool) -> Result<()> {
         self.files.lock().unwrap().remove(&oid);
+        self.index.write().unwrap().remove(&oid);
         match fs::remove_file(self.path(oid)) {
             Ok(()) => self.dir_dirty.store(true, Ordering::Release),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -366,6 +446,32 @@ fn io_error(oid: ObjectId, source: io::Error) -> StoreError {
     } else {
         StoreError::WriteObject { oid, source }
     }
+}
+
+/// Reads the header of every object file: oid and copies.
+fn load_index(dir: &Path) -> io::Result<HashMap<ObjectId, u8>> {
+    let mut index = HashMap::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(oid) = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) else {
+            continue;
+        };
+        let Ok(oid) = ObjectId::from_raw(oid) else {
+            continue;
+        };
+        let mut raw = [0u8; 64];
+        File::open(entry.path())?.read_exact_at(&mut raw, 0)?;
+        match ObjectHeader::decode(&raw) {
+            Ok(header) if header.oid == oid => {
+                index.insert(oid, header.copies);
+            }
+            _ => {
+                tracing::error!(object = %oid, path = %entry.path().display(), "object file has an unusable header; it is ignored")
+            }
+        }
+    }
+    Ok(index)
 }
 
 fn remove_temp_files(dir: &Path) -> io::Result<()> {

@@ -10,6 +10,13 @@ fn store() -> (tempfile::TempDir, ObjectStore) {
     (dir, store)
 }
 
+fn spec(capacity: u64) -> ObjectSpec {
+    ObjectSpec {
+        capacity,
+        copies: 1,
+    }
+}
+
 fn oid() -> ObjectId {
     ObjectId::data(1, 0)
 }
@@ -25,7 +32,7 @@ fn missing_objects_and_holes_read_as_zeros() {
     let (_dir, store) = store();
     assert_eq!(read(&store, 0, 8192), vec![0; 8192]);
     store
-        .write(oid(), 4 * MIB, 3 * MIB, b"tail", false)
+        .write(oid(), spec(4 * MIB), 3 * MIB, b"tail", false)
         .unwrap();
     assert_eq!(read(&store, 0, 100), vec![0; 100]);
     assert_eq!(read(&store, 3 * MIB, 4), b"tail");
@@ -35,10 +42,10 @@ fn missing_objects_and_holes_read_as_zeros() {
 fn unaligned_writes_merge_with_neighbours() {
     let (_dir, store) = store();
     store
-        .write(oid(), 4 * MIB, 0, &[1u8; 10000], false)
+        .write(oid(), spec(4 * MIB), 0, &[1u8; 10000], false)
         .unwrap();
     store
-        .write(oid(), 4 * MIB, 4000, &[2u8; 200], false)
+        .write(oid(), spec(4 * MIB), 4000, &[2u8; 200], false)
         .unwrap();
     let got = read(&store, 0, 12288);
     assert!(got[..4000].iter().all(|&b| b == 1));
@@ -51,7 +58,7 @@ fn unaligned_writes_merge_with_neighbours() {
 fn zeroing_frees_space_and_whole_objects_disappear() {
     let (_dir, store) = store();
     store
-        .write(oid(), 4 * MIB, 0, &vec![7u8; 4 * MIB as usize], true)
+        .write(oid(), spec(4 * MIB), 0, &vec![7u8; 4 * MIB as usize], true)
         .unwrap();
     let full = store.usage().unwrap();
     assert!(full.bytes >= 4 * MIB, "{full:?}");
@@ -62,15 +69,15 @@ fn zeroing_frees_space_and_whole_objects_disappear() {
     assert!(got[..100].iter().all(|&b| b == 7) && got[100..].iter().all(|&b| b == 0));
     store.zero(oid(), 0, 4 * MIB, false).unwrap();
     assert_eq!(store.usage().unwrap(), Usage::default());
-    assert!(!store.contains(oid()).unwrap());
+    assert!(!store.contains(oid()));
 }
 
 #[test]
 fn out_of_range_io_is_refused() {
     let (_dir, store) = store();
-    store.write(oid(), 4 * MIB, 0, b"x", false).unwrap();
+    store.write(oid(), spec(4 * MIB), 0, b"x", false).unwrap();
     let err = store
-        .write(oid(), 4 * MIB, 4 * MIB - 1, b"xy", false)
+        .write(oid(), spec(4 * MIB), 4 * MIB - 1, b"xy", false)
         .unwrap_err();
     assert!(matches!(err, StoreError::OutOfRange { .. }), "{err}");
     let mut buf = [0u8; 2];
@@ -80,7 +87,9 @@ fn out_of_range_io_is_refused() {
 #[test]
 fn a_flipped_bit_is_an_error_naming_the_object() {
     let (dir, store) = store();
-    store.write(oid(), 4 * MIB, 0, &[9u8; 8192], false).unwrap();
+    store
+        .write(oid(), spec(4 * MIB), 0, &[9u8; 8192], false)
+        .unwrap();
     store.flush().unwrap();
     drop(store);
     let path = dir.path().join("obj").join(oid().to_string());
@@ -88,6 +97,7 @@ fn a_flipped_bit_is_an_error_naming_the_object() {
     let header = ObjectHeader {
         oid: oid(),
         capacity: 4 * MIB,
+        copies: 1,
     };
     file.seek(SeekFrom::Start(header.data_offset() + 4096 + 17))
         .unwrap();
@@ -105,13 +115,16 @@ fn a_flipped_bit_is_an_error_naming_the_object() {
 #[test]
 fn half_written_objects_from_a_crash_are_repaired_at_start() {
     let (dir, store) = store();
-    store.write(oid(), 4 * MIB, 0, &[3u8; 4096], false).unwrap();
+    store
+        .write(oid(), spec(4 * MIB), 0, &[3u8; 4096], false)
+        .unwrap();
     // What a kill between the data and checksum writes leaves: new data, old checksum.
     let path = dir.path().join("obj").join(oid().to_string());
     let file = OpenOptions::new().write(true).open(&path).unwrap();
     let header = ObjectHeader {
         oid: oid(),
         capacity: 4 * MIB,
+        copies: 1,
     };
     file.write_all_at(&[4u8; 4096], header.data_offset())
         .unwrap();
@@ -123,13 +136,16 @@ fn half_written_objects_from_a_crash_are_repaired_at_start() {
 #[test]
 fn flushed_objects_are_not_repaired_after_a_crash() {
     let (dir, store) = store();
-    store.write(oid(), 4 * MIB, 0, b"data", false).unwrap();
+    store
+        .write(oid(), spec(4 * MIB), 0, b"data", false)
+        .unwrap();
     store.flush().unwrap();
     let path = dir.path().join("obj").join(oid().to_string());
     let file = OpenOptions::new().write(true).open(&path).unwrap();
     let header = ObjectHeader {
         oid: oid(),
         capacity: 4 * MIB,
+        copies: 1,
     };
     file.write_all_at(b"rot!", header.data_offset()).unwrap();
     std::mem::forget(store);
@@ -143,14 +159,24 @@ fn flushed_objects_are_not_repaired_after_a_crash() {
 fn list_names_every_object() {
     let (_dir, store) = store();
     store
-        .write(ObjectId::data(3, 1), MIB, 0, b"a", false)
+        .write(ObjectId::data(3, 1), spec(MIB), 0, b"a", false)
         .unwrap();
     store
-        .write(ObjectId::inode(3), MIB, 0, b"b", false)
+        .write(ObjectId::inode(3), spec(MIB), 0, b"b", false)
         .unwrap();
-    let mut listed = store.list().unwrap();
+    let mut listed = store.list();
     listed.sort();
-    assert_eq!(listed, vec![ObjectId::data(3, 1), ObjectId::inode(3)]);
+    assert_eq!(
+        listed,
+        vec![(ObjectId::data(3, 1), 1), (ObjectId::inode(3), 1)]
+    );
+    drop(store);
+    let reopened = ObjectStore::open(_dir.path()).unwrap();
+    assert_eq!(
+        reopened.list().len(),
+        2,
+        "the index is rebuilt from the headers"
+    );
 }
 
 mod model {
@@ -185,7 +211,7 @@ mod model {
             for op in ops {
                 match op {
                     Op::Write(o, data) => {
-                        store.write(oid(), CAP, o, &data, false).unwrap();
+                        store.write(oid(), spec(CAP), o, &data, false).unwrap();
                         model[o as usize..o as usize + data.len()].copy_from_slice(&data);
                     }
                     Op::Zero(o, n) => {
@@ -197,4 +223,33 @@ mod model {
             prop_assert!(read(&store, 0, CAP as usize) == model);
         }
     }
+}
+
+#[test]
+fn put_and_get_move_whole_objects() {
+    let (_dir, store) = store();
+    let mut data = vec![0u8; 3 * 4096];
+    data[4096..8192].fill(5);
+    store
+        .put(
+            oid(),
+            ObjectSpec {
+                capacity: MIB,
+                copies: 3,
+            },
+            &data,
+        )
+        .unwrap();
+    let (spec, got) = store.get(oid()).unwrap().unwrap();
+    assert_eq!(
+        spec,
+        ObjectSpec {
+            capacity: MIB,
+            copies: 3
+        }
+    );
+    assert_eq!(got, data[..8192], "trailing zero blocks are left out");
+    assert_eq!(read(&store, 4096, 4096), vec![5; 4096]);
+    assert_eq!(store.list(), vec![(oid(), 3)]);
+    assert!(store.get(ObjectId::data(9, 9)).unwrap().is_none());
 }

@@ -1,0 +1,210 @@
+//! This node's view of the cluster: the current map and ring, past maps, and the lease.
+//!
+//! Maps only move forward (a map is adopted only if its epoch is newer). Every adopted map is
+//! persisted under `DIR/maps/<epoch>.json`: recovery needs to know who held what before, and
+//! a restarted node needs to know the last epoch it was part of.
+//!
+//! The lease fences a node cut off from the coordinator: it is renewed by each successful
+//! heartbeat for less than the failure timeout, so a node stops serving I/O before the rest of
+//! the cluster removes it and moves its objects elsewhere. Without a coordinator (a stand-alone
+//! node) there is no lease to lose.
+
+pub mod heartbeat;
+
+use sheepdog_model::{ClusterMap, Ring};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// One epoch's map and its ring.
+#[derive(Debug)]
+pub struct Epoch {
+    pub map: ClusterMap,
+    pub ring: Ring,
+}
+
+impl Epoch {
+    pub fn new(map: ClusterMap) -> Self {
+        let ring = Ring::new(&map);
+        Self { map, ring }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.map.epoch
+    }
+
+    /// Nodes holding `oid` at this epoch, primary first.
+    pub fn replicas(
+        &self,
+        oid: sheepdog_model::ObjectId,
+        copies: u8,
+    ) -> Vec<&sheepdog_model::NodeInfo> {
+        let set = self.ring.replicas(oid, usize::from(copies));
+        set.into_iter().map(|i| &self.map.nodes[i]).collect()
+    }
+}
+
+pub struct ClusterView {
+    self_id: String,
+    dir: PathBuf,
+    current: RwLock<Arc<Epoch>>,
+    history: Mutex<BTreeMap<u64, ClusterMap>>,
+    changed: watch::Sender<u64>,
+    /// Epoch of the newest map persisted before this process started (0: none).
+    epoch_at_start: u64,
+    /// Lease expiry, in ms since `started`; u64::MAX: no lease needed (stand-alone).
+    lease_until_ms: AtomicU64,
+    started: Instant,
+    /// Whether every node of the current map has recovered the current epoch.
+    all_recovered: AtomicBool,
+}
+
+impl ClusterView {
+    /// Loads the newest persisted map from `dir/maps`, or starts from `initial`.
+    /// `fenced`: whether I/O needs a live lease (a node that has a coordinator).
+    pub fn open(
+        dir: &Path,
+        self_id: String,
+        initial: ClusterMap,
+        fenced: bool,
+    ) -> std::io::Result<Self> {
+        let dir = dir.join("maps");
+        std::fs::create_dir_all(&dir)?;
+        let history = load_history(&dir)?;
+        let epoch_at_start = history.keys().next_back().copied().unwrap_or(0);
+        let map = history.values().next_back().cloned().unwrap_or(initial);
+        let (changed, _) = watch::channel(map.epoch);
+        let view = Self {
+            self_id,
+            dir,
+            current: RwLock::new(Arc::new(Epoch::new(map.clone()))),
+            history: Mutex::new(history),
+            changed,
+            epoch_at_start,
+            lease_until_ms: AtomicU64::new(if fenced { 0 } else { u64::MAX }),
+            started: Instant::now(),
+            all_recovered: AtomicBool::new(false),
+        };
+        view.persist(&map)?;
+        Ok(view)
+    }
+
+    pub fn self_id(&self) -> &str {
+        &self.self_id
+    }
+
+    pub fn current(&self) -> Arc<Epoch> {
+        self.current.read().unwrap().clone()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.current().epoch()
+    }
+
+    pub fn epoch_at_start(&self) -> u64 {
+        self.epoch_at_start
+    }
+
+    /// Notified with the epoch whenever a newer map is adopted.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The map at `epoch`, if this node knows it.
+    pub fn map_at(&self, epoch: u64) -> Option<ClusterMap> {
+        self.history.lock().unwrap().get(&epoch).cloned()
+    }
+
+    /// Adopts `map` if it is newer than the current one. Returns whether it was.
+    pub fn adopt(&self, map: ClusterMap) -> bool {
+        {
+            let mut current = self.current.write().unwrap();
+            if map.epoch <= current.epoch() {
+                return false;
+            }
+            if let Err(e) = self.persist(&map) {
+                tracing::error!(epoch = map.epoch, error = %e, "cannot persist the cluster map");
+            }
+            tracing::info!(
+                epoch = map.epoch,
+                nodes = ?map.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+                "adopted cluster map"
+            );
+            *current = Arc::new(Epoch::new(map.clone()));
+            self.all_recovered.store(false, Ordering::Release);
+        }
+        self.changed.send_replace(map.epoch);
+        true
+    }
+
+    /// Records a past map (learnt from the coordinator) without making it current.
+    pub fn remember(&self, map: ClusterMap) {
+        if let Err(e) = self.persist(&map) {
+            tracing::warn!(epoch = map.epoch, error = %e, "cannot persist a past cluster map");
+        }
+    }
+
+    fn persist(&self, map: &ClusterMap) -> std::io::Result<()> {
+        let mut history = self.history.lock().unwrap();
+        if history.contains_key(&map.epoch) {
+            return Ok(());
+        }
+        save_map(&self.dir, map)?;
+        history.insert(map.epoch, map.clone());
+        Ok(())
+    }
+
+    /// Extends the lease to `valid_for` after `sent`, the moment the heartbeat left.
+    pub fn renew_lease(&self, sent: Instant, valid_for: std::time::Duration) {
+        let until = (sent.duration_since(self.started) + valid_for).as_millis() as u64;
+        self.lease_until_ms.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Whether this node may serve I/O now.
+    pub fn lease_valid(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        now < self.lease_until_ms.load(Ordering::Acquire)
+    }
+
+    pub fn set_all_recovered(&self, epoch: u64, all: bool) {
+        if epoch == self.epoch() {
+            self.all_recovered.store(all, Ordering::Release);
+        }
+    }
+
+    pub fn all_recovered(&self) -> bool {
+        self.all_recovered.load(Ordering::Acquire)
+    }
+}
+
+/// Reads every map persisted under `dir`.
+pub fn load_history(dir: &Path) -> std::io::Result<BTreeMap<u64, ClusterMap>> {
+    let mut history = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        match ClusterMap::from_json(&text) {
+            Ok(map) => {
+                history.insert(map.epoch, map);
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "ignoring an unreadable cluster map")
+            }
+        }
+    }
+    Ok(history)
+}
+
+/// Writes `map` to `dir/<epoch>.json` atomically.
+pub fn save_map(dir: &Path, map: &ClusterMap) -> std::io::Result<()> {
+    let path = dir.join(format!("{:020}.json", map.epoch));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, map.to_json())?;
+    std::fs::rename(&tmp, &path)
+}

@@ -1,0 +1,182 @@
+//! Clients to other nodes' peer services, one lazily connected channel per node.
+
+use super::{MAX_MESSAGE, ReplicaError};
+use crate::store::ObjectSpec;
+use sheepdog_api::v1;
+use sheepdog_api::v1::peer_service_client::PeerServiceClient;
+use sheepdog_model::{ClusterMap, NodeInfo, ObjectId};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a peer may take to answer one request before it counts as unreachable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+pub struct Peers {
+    clients: Mutex<HashMap<String, PeerServiceClient<Channel>>>,
+}
+
+type Reply<T> = Result<T, ReplicaError>;
+
+impl Peers {
+    fn client(&self, node: &NodeInfo) -> Reply<PeerServiceClient<Channel>> {
+        let mut clients = self.clients.lock().unwrap();
+        if let Some(client) = clients.get(&node.peer_addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", node.peer_addr))
+            .map_err(|e| ReplicaError::Invalid {
+                node: node.id.clone(),
+                message: e.to_string(),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true);
+        let client = PeerServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        clients.insert(node.peer_addr.clone(), client.clone());
+        Ok(client)
+    }
+
+    pub async fn read(
+        &self,
+        node: &NodeInfo,
+        epoch: u64,
+        oid: ObjectId,
+        offset: u64,
+        length: u32,
+    ) -> Reply<Vec<u8>> {
+        let req = v1::ReadObjectRequest {
+            epoch,
+            oid: oid.raw(),
+            offset,
+            length,
+        };
+        let resp = self.client(node)?.read_object(req).await;
+        Ok(answer(node, resp)?.data)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write(
+        &self,
+        node: &NodeInfo,
+        epoch: u64,
+        oid: ObjectId,
+        spec: ObjectSpec,
+        offset: u64,
+        data: bytes::Bytes,
+        fua: bool,
+    ) -> Reply<()> {
+        let req = v1::WriteObjectRequest {
+            epoch,
+            oid: oid.raw(),
+            capacity: spec.capacity,
+            copies: u32::from(spec.copies),
+            offset,
+            data: data.to_vec(),
+            fua,
+        };
+        answer(node, self.client(node)?.write_object(req).await).map(drop)
+    }
+
+    pub async fn zero(
+        &self,
+        node: &NodeInfo,
+        epoch: u64,
+        oid: ObjectId,
+        offset: u64,
+        length: u64,
+        fua: bool,
+    ) -> Reply<()> {
+        let req = v1::ZeroObjectRequest {
+            epoch,
+            oid: oid.raw(),
+            offset,
+            length,
+            fua,
+        };
+        answer(node, self.client(node)?.zero_object(req).await).map(drop)
+    }
+
+    pub async fn remove(&self, node: &NodeInfo, epoch: u64, oid: ObjectId) -> Reply<()> {
+        let req = v1::RemoveObjectRequest {
+            epoch,
+            oid: oid.raw(),
+        };
+        answer(node, self.client(node)?.remove_object(req).await).map(drop)
+    }
+
+    pub async fn flush(&self, node: &NodeInfo, epoch: u64) -> Reply<()> {
+        answer(
+            node,
+            self.client(node)?.flush(v1::FlushRequest { epoch }).await,
+        )
+        .map(drop)
+    }
+
+    /// Objects on `node`, with their copies.
+    pub async fn list(&self, node: &NodeInfo, epoch: u64) -> Reply<Vec<(ObjectId, u8)>> {
+        let resp = answer(
+            node,
+            self.client(node)?
+                .list_objects(v1::ListObjectsRequest { epoch })
+                .await,
+        )?;
+        Ok(resp
+            .objects
+            .into_iter()
+            .filter_map(|o| {
+                Some((
+                    ObjectId::from_raw(o.oid).ok()?,
+                    u8::try_from(o.copies).ok()?,
+                ))
+            })
+            .collect())
+    }
+
+    /// The whole object from `node`, if it has it.
+    pub async fn fetch(
+        &self,
+        node: &NodeInfo,
+        oid: ObjectId,
+    ) -> Reply<Option<(ObjectSpec, Vec<u8>)>> {
+        let resp = answer(
+            node,
+            self.client(node)?
+                .fetch_object(v1::FetchObjectRequest { oid: oid.raw() })
+                .await,
+        )?;
+        let copies = u8::try_from(resp.copies).unwrap_or(1);
+        Ok(resp.found.then_some((
+            ObjectSpec {
+                capacity: resp.capacity,
+                copies,
+            },
+            resp.data,
+        )))
+    }
+
+    pub async fn get_map(&self, node: &NodeInfo) -> Reply<ClusterMap> {
+        let resp = answer(node, self.client(node)?.get_map(v1::GetMapRequest {}).await)?;
+        Ok(ClusterMap::from(resp))
+    }
+
+    pub async fn push_map(&self, node: &NodeInfo, map: &ClusterMap) -> Reply<()> {
+        answer(
+            node,
+            self.client(node)?
+                .push_map(v1::ClusterMapMessage::from(map))
+                .await,
+        )
+        .map(drop)
+    }
+}
+
+fn answer<T>(node: &NodeInfo, resp: Result<tonic::Response<T>, tonic::Status>) -> Reply<T> {
+    resp.map(tonic::Response::into_inner)
+        .map_err(|status| ReplicaError::from_status(&node.id, &status))
+}

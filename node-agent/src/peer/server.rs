@@ -1,0 +1,178 @@
+//! The peer service: replica requests from other nodes' gateways and recovery.
+
+use super::ReplicaError;
+use crate::cluster::{ClusterView, Epoch};
+use crate::local::Local;
+use crate::store::ObjectSpec;
+use sheepdog_api::v1;
+use sheepdog_api::v1::peer_service_server::PeerService;
+use sheepdog_model::{ClusterMap, ObjectId};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct PeerApi {
+    pub view: Arc<ClusterView>,
+    pub local: Arc<Local>,
+}
+
+impl PeerApi {
+    /// The current epoch if the request is for it and this node holds a live lease.
+    fn admit(&self, epoch: u64) -> Result<Arc<Epoch>, Status> {
+        let current = self.view.current();
+        if epoch != current.epoch() {
+            let err = ReplicaError::Epoch {
+                node: self.view.self_id().into(),
+                theirs: current.epoch(),
+            };
+            return Err(err.to_status(current.epoch()));
+        }
+        if !self.view.lease_valid() {
+            return Err(Status::unavailable(
+                "this node's lease has expired: it cannot reach the coordinator",
+            ));
+        }
+        Ok(current)
+    }
+
+    fn failed(&self, err: ReplicaError) -> Status {
+        tracing::debug!(error = %err, "peer request failed");
+        err.to_status(self.view.epoch())
+    }
+}
+
+fn oid(raw: u64) -> Result<ObjectId, Status> {
+    ObjectId::from_raw(raw).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl PeerService for PeerApi {
+    async fn read_object(
+        &self,
+        req: Request<v1::ReadObjectRequest>,
+    ) -> Result<Response<v1::ReadObjectResponse>, Status> {
+        let req = req.into_inner();
+        let epoch = self.admit(req.epoch)?;
+        let data = self
+            .local
+            .read(&epoch, oid(req.oid)?, req.offset, req.length as usize)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(Response::new(v1::ReadObjectResponse { data }))
+    }
+
+    async fn write_object(
+        &self,
+        req: Request<v1::WriteObjectRequest>,
+    ) -> Result<Response<v1::WriteObjectResponse>, Status> {
+        let req = req.into_inner();
+        let epoch = self.admit(req.epoch)?;
+        let copies =
+            u8::try_from(req.copies).map_err(|_| Status::invalid_argument("copies too large"))?;
+        let spec = ObjectSpec {
+            capacity: req.capacity,
+            copies,
+        };
+        let write = self.local.write(
+            &epoch,
+            oid(req.oid)?,
+            spec,
+            req.offset,
+            req.data.into(),
+            req.fua,
+        );
+        write.await.map_err(|e| self.failed(e))?;
+        Ok(Response::new(v1::WriteObjectResponse {}))
+    }
+
+    async fn zero_object(
+        &self,
+        req: Request<v1::ZeroObjectRequest>,
+    ) -> Result<Response<v1::ZeroObjectResponse>, Status> {
+        let req = req.into_inner();
+        let epoch = self.admit(req.epoch)?;
+        let zero = self
+            .local
+            .zero(&epoch, oid(req.oid)?, req.offset, req.length, req.fua);
+        zero.await.map_err(|e| self.failed(e))?;
+        Ok(Response::new(v1::ZeroObjectResponse {}))
+    }
+
+    async fn remove_object(
+        &self,
+        req: Request<v1::RemoveObjectRequest>,
+    ) -> Result<Response<v1::RemoveObjectResponse>, Status> {
+        let req = req.into_inner();
+        let epoch = self.admit(req.epoch)?;
+        self.local
+            .remove(&epoch, oid(req.oid)?)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(Response::new(v1::RemoveObjectResponse {}))
+    }
+
+    async fn flush(
+        &self,
+        req: Request<v1::FlushRequest>,
+    ) -> Result<Response<v1::FlushResponse>, Status> {
+        self.admit(req.into_inner().epoch)?;
+        self.local.flush().await.map_err(|e| self.failed(e))?;
+        Ok(Response::new(v1::FlushResponse {}))
+    }
+
+    async fn list_objects(
+        &self,
+        req: Request<v1::ListObjectsRequest>,
+    ) -> Result<Response<v1::ListObjectsResponse>, Status> {
+        self.admit(req.into_inner().epoch)?;
+        let objects = self
+            .local
+            .store
+            .list()
+            .into_iter()
+            .map(|(oid, copies)| v1::StoredObject {
+                oid: oid.raw(),
+                copies: u32::from(copies),
+            })
+            .collect();
+        Ok(Response::new(v1::ListObjectsResponse { objects }))
+    }
+
+    async fn fetch_object(
+        &self,
+        req: Request<v1::FetchObjectRequest>,
+    ) -> Result<Response<v1::FetchObjectResponse>, Status> {
+        let oid = oid(req.into_inner().oid)?;
+        let store = self.local.store.clone();
+        let got = tokio::task::spawn_blocking(move || store.get(oid))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let got =
+            got.map_err(|e| self.failed(ReplicaError::from_store(self.view.self_id(), &e)))?;
+        Ok(Response::new(match got {
+            Some((spec, data)) => v1::FetchObjectResponse {
+                found: true,
+                capacity: spec.capacity,
+                data,
+                copies: u32::from(spec.copies),
+            },
+            None => v1::FetchObjectResponse::default(),
+        }))
+    }
+
+    async fn get_map(
+        &self,
+        _: Request<v1::GetMapRequest>,
+    ) -> Result<Response<v1::ClusterMapMessage>, Status> {
+        Ok(Response::new(v1::ClusterMapMessage::from(
+            &self.view.current().map,
+        )))
+    }
+
+    async fn push_map(
+        &self,
+        req: Request<v1::ClusterMapMessage>,
+    ) -> Result<Response<v1::PushMapResponse>, Status> {
+        self.view.adopt(ClusterMap::from(req.into_inner()));
+        Ok(Response::new(v1::PushMapResponse {}))
+    }
+}
