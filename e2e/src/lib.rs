@@ -70,23 +70,53 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `count` consecutive free ports, the first one preceded by another free port.
+pub fn free_ports(count: u16) -> u16 {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let seed = u64::from(std::process::id()) ^ clock.as_nanos() as u64;
+    for attempt in 0..200u64 {
+        let mixed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(attempt * 7919);
+        let base = 20_000 + (mixed % 30_000) as u16;
+        if (base - 1..base + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no block of {count} free ports found");
+}
+
 /// A local cluster started with `dog cluster up`, stopped when dropped.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// gRPC port of node 0; node i uses peer_port + i, the coordinator peer_port - 1.
     pub peer_port: u16,
+    /// NBD port of node 0; node i uses nbd_port + i.
     pub nbd_port: u16,
+    pub nodes: u16,
+    pub failure_timeout: String,
     pub pids: Vec<u32>,
 }
 
 impl Cluster {
     /// Starts a one-node cluster on free ports.
     pub fn start() -> Self {
+        Self::start_with(1, "10s")
+    }
+
+    /// Starts a cluster of `nodes` nodes that removes silent nodes after `failure_timeout`.
+    pub fn start_with(nodes: u16, failure_timeout: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (peer_port, nbd_port) = (free_port(), free_port());
+        let (peer_port, nbd_port) = (free_ports(nodes), free_ports(nodes));
+        let failure_timeout = failure_timeout.to_owned();
         let mut cluster = Self {
             dir,
             peer_port,
             nbd_port,
+            nodes,
+            failure_timeout,
             pids: Vec::new(),
         };
         cluster.up();
@@ -95,17 +125,24 @@ impl Cluster {
 
     /// `dog cluster up` on this cluster's directory (starts stopped nodes again).
     pub fn up(&mut self) {
+        let (nodes, dir) = (
+            self.nodes.to_string(),
+            self.dir.path().to_str().unwrap().to_owned(),
+        );
+        let (peer, nbd) = (self.peer_port.to_string(), self.nbd_port.to_string());
         let out = ok(&mut self.dog_raw(&[
             "cluster",
             "up",
             "--nodes",
-            "1",
+            &nodes,
             "--dir",
-            self.dir.path().to_str().unwrap(),
+            &dir,
             "--base-port",
-            &self.peer_port.to_string(),
+            &peer,
             "--nbd-base-port",
-            &self.nbd_port.to_string(),
+            &nbd,
+            "--failure-timeout",
+            &self.failure_timeout,
         ]));
         self.pids = out
             .lines()
@@ -118,11 +155,64 @@ impl Cluster {
         );
     }
 
-    /// `dog` with `-p PORT` of this cluster appended.
+    /// `dog` with `-p PORT` of node 0 appended.
     pub fn dog(&self, args: &[&str]) -> Command {
+        self.dog_on(0, args)
+    }
+
+    /// `dog` with `-p PORT` of node `node` appended.
+    pub fn dog_on(&self, node: u16, args: &[&str]) -> Command {
         let mut cmd = self.dog_raw(args);
-        cmd.args(["-p", &self.peer_port.to_string()]);
+        cmd.args(["-p", &(self.peer_port + node).to_string()]);
         cmd
+    }
+
+    /// NBD URI of `volume` on node `node`.
+    pub fn nbd_uri_on(&self, node: u16, volume: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{volume}", self.nbd_port + node)
+    }
+
+    /// Pid of node `node`, from its pid file.
+    pub fn pid(&self, node: u16) -> u32 {
+        let file = self
+            .dir
+            .path()
+            .join(format!("node{node}"))
+            .join("sheep.pid");
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// kill -9 one node, as a crash would.
+    pub fn kill9_node(&mut self, node: u16) {
+        let pid = self.pid(node);
+        ok(Command::new("kill").args(["-9", &pid.to_string()]));
+        wait_gone(pid);
+        self.pids.retain(|&p| p != pid);
+    }
+
+    /// The cluster as node `node` describes it (`dog cluster info --json`).
+    pub fn info(&self, node: u16) -> serde_json::Value {
+        serde_json::from_str(&ok(&mut self.dog_on(node, &["cluster", "info", "--json"]))).unwrap()
+    }
+
+    /// Objects held by each node of the map, as asked through node `via`.
+    pub fn objects_per_node(&self, via: u16) -> Vec<(String, u64)> {
+        let info = self.info(via);
+        info["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].as_str().unwrap().to_owned(),
+                    n["objects"].as_u64().unwrap(),
+                )
+            })
+            .collect()
     }
 
     fn dog_raw(&self, args: &[&str]) -> Command {
@@ -249,3 +339,36 @@ pub fn qemu_io_fails(uri: &str, commands: &[&str]) -> String {
 
 /// A raw NBD client for malformed-input tests.
 pub mod raw_nbd;
+
+/// Polls `check` every 200 ms until it returns `Some`, panicking with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The versioned-block workload checker (`e2e/checker/workload.py`, libnbd).
+pub fn workload(args: &[&str]) -> Command {
+    require("nbdsh", "python3-libnbd");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("checker")
+        .join("workload.py");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(script).args(args);
+    cmd
+}
+
+/// Runs the checker to completion and parses its JSON summary.
+pub fn workload_result(cmd: &mut Command) -> serde_json::Value {
+    let out = ok(cmd);
+    serde_json::from_str(out.trim().lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("checker printed {out:?}: {e}"))
+}

@@ -49,7 +49,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                 epoch: info.epoch,
                 default_copies: info.default_copies,
                 version: info.version,
-                nodes: rows(&info.nodes),
+                nodes: rows(&super::node::self_described(&info.nodes).await),
             };
             if target.json {
                 return print_json(&info);

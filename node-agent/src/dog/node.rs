@@ -9,11 +9,97 @@ use sheepdog_model::size;
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// List the storage nodes of the cluster.
+    /// List the storage nodes of the cluster, with what each one stores.
     List {
         #[command(flatten)]
         target: Target,
     },
+    /// Show each node's recovery progress for the current epoch.
+    Recovery {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryRow {
+    pub id: String,
+    pub reachable: bool,
+    pub epoch: u64,
+    pub listed: bool,
+    pub done: u64,
+    pub total: u64,
+    pub missing: u64,
+    pub recovered_epoch: u64,
+}
+
+/// Each node of the map, as it describes itself (its own usage), or as the map does if it
+/// cannot be reached.
+pub async fn self_described(nodes: &[v1::Node]) -> Vec<v1::Node> {
+    let mut out = Vec::new();
+    for node in nodes {
+        let own = async {
+            let target = node_target(node)?;
+            let mut client = cluster(&target).await.ok()?;
+            let list = client
+                .list_nodes(v1::ListNodesRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            list.nodes.into_iter().find(|n| n.id == node.id)
+        };
+        out.push(own.await.unwrap_or_else(|| node.clone()));
+    }
+    out
+}
+
+fn node_target(node: &v1::Node) -> Option<Target> {
+    let (address, port) = node.peer_addr.rsplit_once(':')?;
+    Some(Target {
+        address: address.to_owned(),
+        port: port.parse().ok()?,
+        json: false,
+    })
+}
+
+async fn recovery_rows(nodes: &[v1::Node]) -> Vec<RecoveryRow> {
+    let mut rows = Vec::new();
+    for node in nodes {
+        let status = async {
+            let mut client = cluster(&node_target(node)?).await.ok()?;
+            Some(
+                client
+                    .get_recovery(v1::GetRecoveryRequest {})
+                    .await
+                    .ok()?
+                    .into_inner(),
+            )
+        };
+        rows.push(match status.await {
+            Some(s) => RecoveryRow {
+                id: node.id.clone(),
+                reachable: true,
+                epoch: s.epoch,
+                listed: s.listed,
+                done: s.objects_done,
+                total: s.objects_total,
+                missing: s.objects_missing,
+                recovered_epoch: s.recovered_epoch,
+            },
+            None => RecoveryRow {
+                id: node.id.clone(),
+                reachable: false,
+                epoch: 0,
+                listed: false,
+                done: 0,
+                total: 0,
+                missing: 0,
+                recovered_epoch: 0,
+            },
+        });
+    }
+    rows
 }
 
 #[derive(Serialize)]
@@ -71,11 +157,38 @@ pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
                 .list_nodes(v1::ListNodesRequest {})
                 .await
                 .map_err(failed)?;
-            let rows = rows(&nodes.into_inner().nodes);
+            let rows = rows(&self_described(&nodes.into_inner().nodes).await);
             if target.json {
                 return print_json(&rows);
             }
             print_table(&rows);
+            Ok(())
+        }
+        NodeCommand::Recovery { target } => {
+            let nodes = cluster(&target)
+                .await?
+                .list_nodes(v1::ListNodesRequest {})
+                .await
+                .map_err(failed)?;
+            let rows = recovery_rows(&nodes.into_inner().nodes).await;
+            if target.json {
+                return print_json(&rows);
+            }
+            println!(
+                "  {:<10} {:>6} {:>8} {:>16} {:>8} {:>10}",
+                "Id", "Epoch", "Listed", "Objects", "Missing", "Recovered"
+            );
+            for r in rows {
+                if !r.reachable {
+                    println!("  {:<10} unreachable", r.id);
+                    continue;
+                }
+                let progress = format!("{}/{}", r.done, r.total);
+                println!(
+                    "  {:<10} {:>6} {:>8} {:>16} {:>8} {:>10}",
+                    r.id, r.epoch, r.listed, progress, r.missing, r.recovered_epoch
+                );
+            }
             Ok(())
         }
     }

@@ -122,6 +122,8 @@ impl Replicas {
             }
             set.sort_by_key(|n| n.id != self.self_id());
             let mut last = None;
+            let mut damaged = 0;
+            let replicas = set.len();
             for node in set {
                 let got = if node.id == self.self_id() {
                     self.local.read(&epoch, oid, offset, len).await
@@ -137,11 +139,12 @@ impl Replicas {
                         last = Some(e);
                         break;
                     }
-                    Err(
-                        e @ (ReplicaError::Unreachable { .. }
-                        | ReplicaError::Corrupt { .. }
-                        | ReplicaError::Failed { .. }),
-                    ) => {
+                    Err(e @ (ReplicaError::Corrupt { .. } | ReplicaError::Failed { .. })) => {
+                        tracing::warn!(object = %oid, error = %e, "read failed on one replica; trying another");
+                        damaged += 1;
+                        last = Some(e);
+                    }
+                    Err(e @ ReplicaError::Unreachable { .. }) => {
                         tracing::warn!(object = %oid, error = %e, "read failed on one replica; trying another");
                         last = Some(e);
                     }
@@ -149,6 +152,12 @@ impl Replicas {
                         return Err(e.into());
                     }
                 }
+            }
+            // Waiting helps unreachable replicas, not damaged ones.
+            if damaged == replicas
+                && let Some(e) = last
+            {
+                return Err(e.into());
             }
             self.pause(deadline, oid, last).await?;
         }

@@ -1,0 +1,168 @@
+//! A replicated cluster of real sheep processes on loopback: any node is a gateway, every
+//! object has `copies` replicas, nodes die and come back, and no acknowledged write is lost.
+
+use sheepdog_e2e::{Cluster, ok, qemu_io, qemu_io_fails, wait_for, workload, workload_result};
+use std::time::{Duration, Instant};
+
+const FAILURE_TIMEOUT: &str = "3s";
+
+fn members(cluster: &Cluster, via: u16) -> usize {
+    cluster.info(via)["nodes"].as_array().unwrap().len()
+}
+
+/// Waits until node `via` sees `n` members and every replica is in place: the live nodes
+/// together hold exactly `copies` copies of `objects` objects (recovered, stale copies gone).
+fn wait_for_redundancy(cluster: &Cluster, via: u16, n: usize, objects: u64, copies: u64) {
+    wait_for("full redundancy", Duration::from_secs(40), || {
+        let per_node = cluster.objects_per_node(via);
+        let total: u64 = per_node.iter().map(|(_, o)| o).sum();
+        (per_node.len() == n && total == objects * copies).then_some(())
+    });
+}
+
+#[test]
+fn every_node_is_a_gateway_for_every_volume() {
+    let cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
+    ok(&mut cluster.dog_on(1, &["vdi", "create", "shared", "64M"]));
+    qemu_io(
+        &cluster.nbd_uri_on(0, "shared"),
+        &["write -P 0x61 0 12M", "flush"],
+    );
+    qemu_io(
+        &cluster.nbd_uri_on(2, "shared"),
+        &["read -P 0x61 0 12M", "write -P 0x62 4M 1M"],
+    );
+    qemu_io(
+        &cluster.nbd_uri_on(1, "shared"),
+        &["read -P 0x62 4M 1M", "read -P 0 12M 1M"],
+    );
+    // 3 data objects + the inode, 3 copies each, one per node.
+    wait_for_redundancy(&cluster, 2, 3, 4, 3);
+    let list = ok(&mut cluster.dog_on(2, &["vdi", "list", "--json"]));
+    assert!(list.contains("\"shared\""), "{list}");
+}
+
+#[test]
+fn a_node_killed_under_writes_stalls_briefly_and_loses_nothing() {
+    let mut cluster = Cluster::start_with(4, FAILURE_TIMEOUT);
+    cluster.create("busy", "16M");
+    let state = cluster.dir.path().join("workload.json");
+    let uri = cluster.nbd_uri_on(0, "busy");
+    let writer = workload(&["write", &uri, state.to_str().unwrap(), "14", "4096"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    cluster.kill9_node(3);
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "checker failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    eprintln!("workload through a node kill: {run}");
+    assert_eq!(run["errors"], 0, "no client error: {run}");
+    assert_eq!(run["stale"], 0, "no stale read: {run}");
+    let stall = run["max_stall_s"].as_f64().unwrap();
+    assert!(
+        stall <= 3.0 + 5.0,
+        "I/O stalled {stall}s, more than failure detection + 5 s"
+    );
+    let check = workload_result(&mut workload(&[
+        "verify",
+        &cluster.nbd_uri_on(1, "busy"),
+        state.to_str().unwrap(),
+    ]));
+    eprintln!("verification: {check}");
+    assert_eq!(check["lost"], 0, "{check}");
+    assert_eq!(check["corrupt"], 0, "{check}");
+    // 4 data objects + inode, back to 3 copies on the 3 survivors.
+    wait_for_redundancy(&cluster, 0, 3, 5, 3);
+}
+
+#[test]
+fn writes_are_refused_below_min_copies_and_resume_when_nodes_return() {
+    let mut cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
+    cluster.create("degraded", "8M");
+    let uri = cluster.nbd_uri_on(0, "degraded");
+    qemu_io(&uri, &["write -P 0x01 0 8M", "flush"]);
+    cluster.kill9_node(2);
+    wait_for("the map to drop node 2", Duration::from_secs(20), || {
+        (members(&cluster, 0) == 2).then_some(())
+    });
+    qemu_io(&uri, &["write -P 0x02 0 4M", "flush"]);
+    cluster.kill9_node(1);
+    wait_for("the map to drop node 1", Duration::from_secs(20), || {
+        (members(&cluster, 0) == 1).then_some(())
+    });
+    let started = Instant::now();
+    let refused = qemu_io_fails(&uri, &["write -P 0x03 0 4k"]);
+    assert!(refused.contains("Input/output error"), "{refused}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after a timeout"
+    );
+    let log = std::fs::read_to_string(cluster.dir.path().join("node0/sheep.log")).unwrap();
+    assert!(
+        log.contains("fewer live replicas than minCopies"),
+        "the log says why"
+    );
+    qemu_io(&uri, &["read -P 0x02 0 4M", "read -P 0x01 4M 4M"]);
+    cluster.up();
+    wait_for("nodes to rejoin", Duration::from_secs(20), || {
+        (members(&cluster, 0) == 3).then_some(())
+    });
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0x04 0 4k",
+            "read -P 0x04 0 4k",
+            "read -P 0x02 4k 4092k",
+        ],
+    );
+    wait_for_redundancy(&cluster, 0, 3, 3, 3);
+    qemu_io(
+        &cluster.nbd_uri_on(2, "degraded"),
+        &[
+            "read -P 0x04 0 4k",
+            "read -P 0x02 4k 4092k",
+            "read -P 0x01 4M 4M",
+        ],
+    );
+}
+
+#[test]
+fn a_whole_cluster_killed_at_once_comes_back_with_every_write() {
+    let mut cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
+    cluster.create("all", "16M");
+    let state = cluster.dir.path().join("workload.json");
+    let run = workload_result(&mut workload(&[
+        "write",
+        &cluster.nbd_uri_on(1, "all"),
+        state.to_str().unwrap(),
+        "4",
+        "4096",
+    ]));
+    assert_eq!(run["errors"], 0, "{run}");
+    for node in 0..3 {
+        cluster.kill9_node(node);
+    }
+    let coordinator: u32 =
+        std::fs::read_to_string(cluster.dir.path().join("coordinator/sheep.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    ok(std::process::Command::new("kill").args(["-9", &coordinator.to_string()]));
+    sheepdog_e2e::wait_gone(coordinator);
+    cluster.up();
+    let check = workload_result(&mut workload(&[
+        "verify",
+        &cluster.nbd_uri_on(2, "all"),
+        state.to_str().unwrap(),
+    ]));
+    assert_eq!(check["lost"], 0, "{check}");
+    assert_eq!(check["corrupt"], 0, "{check}");
+    assert_eq!(members(&cluster, 0), 3);
+}
