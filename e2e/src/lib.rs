@@ -98,6 +98,8 @@ pub struct Cluster {
     pub nodes: u16,
     pub failure_timeout: String,
     pub pids: Vec<u32>,
+    /// Nodes started by hand with `add_node`, stopped when the cluster is dropped.
+    pub extra: Vec<std::process::Child>,
 }
 
 impl Cluster {
@@ -118,6 +120,7 @@ impl Cluster {
             nodes,
             failure_timeout,
             pids: Vec::new(),
+            extra: Vec::new(),
         };
         cluster.up();
         cluster
@@ -170,6 +173,33 @@ impl Cluster {
     /// NBD URI of `volume` on node `node`.
     pub fn nbd_uri_on(&self, node: u16, volume: &str) -> String {
         format!("nbd://127.0.0.1:{}/{volume}", self.nbd_port + node)
+    }
+
+    /// Starts one more `sheep` by hand, pointed only at the coordinator: it joins with no
+    /// other configuration. Returns its (gRPC, NBD) ports.
+    pub fn add_node(&mut self, id: &str) -> (u16, u16) {
+        let (peer, nbd) = (free_ports(1), free_ports(1));
+        let dir = self.dir.path().join(format!("node{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("sheep.log")).unwrap();
+        let child = Command::new(bin_dir().join("sheep"))
+            .args(["--dir", dir.to_str().unwrap(), "--id", id])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{peer}"),
+                "--nbd",
+                &format!("127.0.0.1:{nbd}"),
+            ])
+            .args([
+                "--coordinator",
+                &format!("127.0.0.1:{}", self.peer_port - 1),
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.extra.push(child);
+        (peer, nbd)
     }
 
     /// Pid of node `node`, from its pid file.
@@ -264,6 +294,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for child in &mut self.extra {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = self
             .dog_raw(&[
                 "cluster",

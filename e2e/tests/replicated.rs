@@ -166,3 +166,33 @@ fn a_whole_cluster_killed_at_once_comes_back_with_every_write() {
     assert_eq!(check["corrupt"], 0, "{check}");
     assert_eq!(members(&cluster, 0), 3);
 }
+
+#[test]
+fn a_new_node_takes_about_its_share_and_stale_copies_go() {
+    let mut cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
+    ok(&mut cluster.dog(&["vdi", "create", "--object-size", "1M", "spread", "64M"]));
+    qemu_io(
+        &cluster.nbd_uri_on(0, "spread"),
+        &["write -P 0x5e 0 48M", "flush"],
+    );
+    let objects = 48 + 1;
+    wait_for_redundancy(&cluster, 0, 3, objects, 3);
+    let (_, nbd) = cluster.add_node("3");
+    wait_for_redundancy(&cluster, 0, 4, objects, 3);
+    let per_node = cluster.objects_per_node(0);
+    let new = per_node.iter().find(|(id, _)| id == "3").unwrap().1 as f64;
+    let share = new / (objects * 3) as f64;
+    eprintln!(
+        "the new node holds {new} of {} replicas ({:.1}%); per node {per_node:?}",
+        objects * 3,
+        share * 100.0
+    );
+    assert!(
+        (0.15..=0.35).contains(&share),
+        "a fourth node should take about 1/4, took {share:.3}"
+    );
+    qemu_io(
+        &format!("nbd://127.0.0.1:{nbd}/spread"),
+        &["read -P 0x5e 0 48M", "read -P 0 48M 16M"],
+    );
+}
