@@ -196,3 +196,40 @@ fn a_new_node_takes_about_its_share_and_stale_copies_go() {
         &["read -P 0x5e 0 48M", "read -P 0 48M 16M"],
     );
 }
+
+#[test]
+fn check_finds_a_corrupt_copy_reads_avoid_it_and_repair_fixes_it() {
+    let cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
+    cluster.create("scrub", "8M");
+    qemu_io(
+        &cluster.nbd_uri_on(0, "scrub"),
+        &["write -P 0x7a 0 8M", "flush"],
+    );
+    ok(&mut cluster.dog(&["cluster", "check"]));
+    let objects = cluster.dir.path().join("node1/obj");
+    let victim = std::fs::read_dir(&objects)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("00"))
+        .expect("a data object on node 1");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let at = bytes.len() - 4096 * 7 + 11;
+    bytes[at] ^= 0x01;
+    std::fs::write(&victim, bytes).unwrap();
+    // Node 1 reads its own copy first; the bad block sends it to another replica.
+    qemu_io(&cluster.nbd_uri_on(1, "scrub"), &["read -P 0x7a 0 8M"]);
+    let found = sheepdog_e2e::run(&mut cluster.dog(&["cluster", "check"]));
+    let text = String::from_utf8_lossy(&found.stdout);
+    assert!(
+        !found.status.success(),
+        "check must fail on a corrupt copy: {text}"
+    );
+    assert!(
+        text.contains("corrupt") && text.contains("node 1"),
+        "{text}"
+    );
+    let repaired = ok(&mut cluster.dog(&["cluster", "check", "--repair"]));
+    assert!(repaired.contains("repaired 1 copies"), "{repaired}");
+    ok(&mut cluster.dog(&["cluster", "check"]));
+    qemu_io(&cluster.nbd_uri_on(1, "scrub"), &["read -P 0x7a 0 8M"]);
+}

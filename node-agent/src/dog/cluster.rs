@@ -15,6 +15,14 @@ pub enum ClusterCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Compare every replica of every object; exit non-zero while any lacks its copies.
+    Check {
+        /// Copy the majority version over missing, corrupt or differing copies.
+        #[arg(long)]
+        repair: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Start a local cluster of sheep processes on loopback, in the background.
     Up(local_cluster::UpArgs),
     /// Stop a local cluster started with `dog cluster up`.
@@ -61,6 +69,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             print_table(&info.nodes);
             Ok(())
         }
+        ClusterCommand::Check { repair, target } => super::check::run(target, repair).await,
         ClusterCommand::Up(args) => local_cluster::up(args).await,
         ClusterCommand::Down { dir } => local_cluster::down(&dir).await,
     }

@@ -1,6 +1,7 @@
 //! `dog`, the command-line client, in the syntax of Sheepdog's dog:
 //! `dog vdi create NAME SIZE -p 7001`, `dog node list`, `dog cluster up --nodes 3 --dir DIR`.
 
+mod check;
 mod client;
 mod cluster;
 mod local_cluster;

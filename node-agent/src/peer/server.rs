@@ -159,6 +159,63 @@ impl PeerService for PeerApi {
         }))
     }
 
+    async fn object_digest(
+        &self,
+        req: Request<v1::ObjectDigestRequest>,
+    ) -> Result<Response<v1::ObjectDigestResponse>, Status> {
+        let req = req.into_inner();
+        let epoch = self.admit(req.epoch)?;
+        let oid = oid(req.oid)?;
+        self.local
+            .recovery
+            .before_io(&epoch, oid)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let store = self.local.store.clone();
+        let got = tokio::task::spawn_blocking(move || store.get(oid))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(match got {
+            Ok(Some((_, data))) => v1::ObjectDigestResponse {
+                found: true,
+                digest: xxhash_rust::xxh3::xxh3_64(&data),
+                corrupt: String::new(),
+            },
+            Ok(None) => v1::ObjectDigestResponse::default(),
+            Err(
+                e @ (crate::store::StoreError::Corrupt { .. }
+                | crate::store::StoreError::BadHeader { .. }),
+            ) => v1::ObjectDigestResponse {
+                found: true,
+                digest: 0,
+                corrupt: e.to_string(),
+            },
+            Err(e) => return Err(self.failed(ReplicaError::from_store(self.view.self_id(), &e))),
+        }))
+    }
+
+    async fn put_object(
+        &self,
+        req: Request<v1::PutObjectRequest>,
+    ) -> Result<Response<v1::PutObjectResponse>, Status> {
+        let req = req.into_inner();
+        self.admit(req.epoch)?;
+        let oid = oid(req.oid)?;
+        let copies =
+            u8::try_from(req.copies).map_err(|_| Status::invalid_argument("copies too large"))?;
+        let spec = ObjectSpec {
+            capacity: req.capacity,
+            copies,
+        };
+        let store = self.local.store.clone();
+        let put = tokio::task::spawn_blocking(move || store.put(oid, spec, &req.data))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        put.map_err(|e| self.failed(ReplicaError::from_store(self.view.self_id(), &e)))?;
+        tracing::info!(object = %oid, "copy replaced by a repair");
+        Ok(Response::new(v1::PutObjectResponse {}))
+    }
+
     async fn get_map(
         &self,
         _: Request<v1::GetMapRequest>,
