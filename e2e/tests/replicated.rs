@@ -233,3 +233,32 @@ fn check_finds_a_corrupt_copy_reads_avoid_it_and_repair_fixes_it() {
     ok(&mut cluster.dog(&["cluster", "check"]));
     qemu_io(&cluster.nbd_uri_on(1, "scrub"), &["read -P 0x7a 0 8M"]);
 }
+
+#[test]
+fn every_node_serves_prometheus_metrics_on_its_grpc_port() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::start_with(2, FAILURE_TIMEOUT);
+    cluster.create("measured", "8M");
+    qemu_io(
+        &cluster.nbd_uri_on(1, "measured"),
+        &["write -P 1 0 64k", "read -P 1 0 64k"],
+    );
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", cluster.peer_port + 1)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: sheep\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for metric in [
+        "sheepdog_nbd_requests_total{op=\"Write\"} 1",
+        "sheepdog_nbd_bytes_total{op=\"Read\"} 65536",
+        "sheepdog_nbd_request_duration_seconds_bucket",
+        "sheepdog_cluster_nodes 2",
+        "sheepdog_lease_valid 1",
+        "sheepdog_store_objects 2",
+        "sheepdog_recovered_epoch",
+    ] {
+        assert!(text.contains(metric), "missing {metric} in:\n{text}");
+    }
+}

@@ -5,6 +5,7 @@ use crate::cluster::heartbeat::{self, HeartbeatConfig};
 use crate::config::SheepConfig;
 use crate::gateway::{Gateway, Replicas};
 use crate::local::Local;
+use crate::metrics::Metrics;
 use crate::nbd;
 use crate::peer::{self, PeerApi, Peers};
 use crate::recovery::{Limits, Recovery};
@@ -102,8 +103,9 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
             recovery.recovered_epoch(),
         ));
     }
-    tokio::spawn(nbd::serve_tcp(nbd_tcp, gateway.clone()));
-    tokio::spawn(nbd::serve_unix(nbd_unix, gateway.clone()));
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn(nbd::serve_tcp(nbd_tcp, gateway.clone(), metrics.clone()));
+    tokio::spawn(nbd::serve_unix(nbd_unix, gateway.clone(), metrics.clone()));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node.id = %me.id,
@@ -131,10 +133,29 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
     })
     .max_decoding_message_size(peer::MAX_MESSAGE)
     .max_encoding_message_size(peer::MAX_MESSAGE);
-    tonic::transport::Server::builder()
-        .add_service(volumes)
+    let scrape = {
+        let (metrics, view, store, recovery) = (
+            metrics.clone(),
+            view.clone(),
+            store.clone(),
+            recovery.clone(),
+        );
+        move || {
+            refresh(&metrics, &view, &store, &recovery);
+            metrics.encode()
+        }
+    };
+    let routes = tonic::service::Routes::new(volumes)
         .add_service(cluster)
         .add_service(peer)
+        .into_axum_router()
+        .route(
+            "/metrics",
+            axum::routing::get(move || std::future::ready(scrape())),
+        );
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(routes))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc),
             shutdown_signal(),
@@ -146,6 +167,23 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
     store.flush()?;
     let _ = std::fs::remove_file(config.nbd_socket(&dir));
     Ok(())
+}
+
+/// Updates the gauges that are read from state rather than counted.
+fn refresh(metrics: &Metrics, view: &ClusterView, store: &ObjectStore, recovery: &Recovery) {
+    let epoch = view.current();
+    metrics.epoch.set(epoch.epoch() as i64);
+    metrics.nodes.set(epoch.map.nodes.len() as i64);
+    metrics.lease_valid.set(i64::from(view.lease_valid()));
+    if let Ok(usage) = store.usage() {
+        metrics.objects.set(usage.objects as i64);
+        metrics.stored_bytes.set(usage.bytes as i64);
+    }
+    let progress = recovery.progress();
+    metrics.recovery_total.set(progress.total as i64);
+    metrics.recovery_done.set(progress.done as i64);
+    metrics.recovery_missing.set(progress.missing as i64);
+    metrics.recovered_epoch.set(progress.recovered_epoch as i64);
 }
 
 /// Binds the NBD unix socket with owner and group access only.

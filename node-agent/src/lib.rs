@@ -14,6 +14,8 @@ pub mod dog;
 pub mod gateway;
 /// This node as a replica: store operations preceded by recovery of the object.
 pub mod local;
+/// Prometheus metrics, served at `/metrics` on the gRPC port.
+pub mod metrics;
 /// NBD server (fixed newstyle) on TCP and unix sockets.
 pub mod nbd;
 /// Peer service between nodes: replica I/O, listing and fetching objects, map exchange.

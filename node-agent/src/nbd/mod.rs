@@ -6,17 +6,23 @@ pub mod proto;
 mod transmission;
 
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
 /// Accepts NBD clients on a TCP listener until the task is dropped.
-pub async fn serve_tcp(listener: TcpListener, gateway: Arc<Gateway>) {
+pub async fn serve_tcp(listener: TcpListener, gateway: Arc<Gateway>, metrics: Arc<Metrics>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(stream, gateway.clone(), peer.to_string()));
+                tokio::spawn(connection(
+                    stream,
+                    gateway.clone(),
+                    metrics.clone(),
+                    peer.to_string(),
+                ));
             }
             Err(e) => tracing::warn!(error = %e, "cannot accept an NBD connection"),
         }
@@ -24,18 +30,23 @@ pub async fn serve_tcp(listener: TcpListener, gateway: Arc<Gateway>) {
 }
 
 /// Accepts NBD clients on a unix socket until the task is dropped.
-pub async fn serve_unix(listener: UnixListener, gateway: Arc<Gateway>) {
+pub async fn serve_unix(listener: UnixListener, gateway: Arc<Gateway>, metrics: Arc<Metrics>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, gateway.clone(), "unix".into()));
+                tokio::spawn(connection(
+                    stream,
+                    gateway.clone(),
+                    metrics.clone(),
+                    "unix".into(),
+                ));
             }
             Err(e) => tracing::warn!(error = %e, "cannot accept an NBD connection"),
         }
     }
 }
 
-async fn connection<S>(mut stream: S, gateway: Arc<Gateway>, peer: String)
+async fn connection<S>(mut stream: S, gateway: Arc<Gateway>, metrics: Arc<Metrics>, peer: String)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -49,7 +60,8 @@ where
     };
     tracing::info!(client = %peer, volume.name = %chosen.name, "NBD client attached");
     let name = chosen.name.clone();
-    if let Err(e) = transmission::serve(stream, gateway, chosen.name, chosen.volume).await {
+    if let Err(e) = transmission::serve(stream, gateway, metrics, chosen.name, chosen.volume).await
+    {
         tracing::info!(client = %peer, volume.name = %name, error = %e, "NBD connection closed");
     }
 }

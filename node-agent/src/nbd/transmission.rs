@@ -7,6 +7,7 @@
 use super::errors::errno;
 use super::proto::*;
 use crate::gateway::{Gateway, Volume};
+use crate::metrics::{Metrics, Op};
 use bytes::{Bytes, BytesMut};
 use std::io;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ struct Reply {
 pub async fn serve<S>(
     stream: S,
     gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
     name: String,
     volume: Arc<Volume>,
 ) -> io::Result<()>
@@ -82,8 +84,15 @@ where
         };
         let (tx, gateway, volume, name) =
             (tx.clone(), gateway.clone(), volume.clone(), name.clone());
+        let metrics = metrics.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let reply = handle(&gateway, &volume, &name, request, payload).await;
+            let bytes = match request.kind {
+                CMD_READ | CMD_WRITE => u64::from(request.length),
+                _ => 0,
+            };
+            metrics.request(op(request.kind), bytes, started.elapsed(), reply.error != 0);
             let _ = tx.send(reply);
             drop(permit);
         });
@@ -91,6 +100,17 @@ where
     drop(tx);
     let written = replies.await.unwrap_or_else(|e| Err(io::Error::other(e)));
     result.and(written)
+}
+
+fn op(kind: u16) -> Op {
+    match kind {
+        CMD_READ => Op::Read,
+        CMD_WRITE => Op::Write,
+        CMD_FLUSH => Op::Flush,
+        CMD_TRIM => Op::Trim,
+        CMD_WRITE_ZEROES => Op::WriteZeroes,
+        _ => Op::Other,
+    }
 }
 
 async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> io::Result<Bytes> {
