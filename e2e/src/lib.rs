@@ -229,19 +229,14 @@ impl Cluster {
         serde_json::from_str(&ok(&mut self.dog_on(node, &["cluster", "info", "--json"]))).unwrap()
     }
 
-    /// Objects held by each node of the map, as asked through node `via`.
-    pub fn objects_per_node(&self, via: u16) -> Vec<(String, u64)> {
+    /// Objects held by each node of the map, as asked through node `via`; `None` while any
+    /// node cannot say.
+    pub fn objects_per_node(&self, via: u16) -> Option<Vec<(String, u64)>> {
         let info = self.info(via);
         info["nodes"]
-            .as_array()
-            .unwrap()
+            .as_array()?
             .iter()
-            .map(|n| {
-                (
-                    n["id"].as_str().unwrap().to_owned(),
-                    n["objects"].as_u64().unwrap(),
-                )
-            })
+            .map(|n| Some((n["id"].as_str()?.to_owned(), n["objects"].as_u64()?)))
             .collect()
     }
 

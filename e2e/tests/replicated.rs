@@ -14,9 +14,22 @@ fn members(cluster: &Cluster, via: u16) -> usize {
 /// together hold exactly `copies` copies of `objects` objects (recovered, stale copies gone).
 fn wait_for_redundancy(cluster: &Cluster, via: u16, n: usize, objects: u64, copies: u64) {
     wait_for("full redundancy", Duration::from_secs(40), || {
-        let per_node = cluster.objects_per_node(via);
+        let epoch = cluster.info(via)["epoch"].as_u64()?;
+        let recovery: serde_json::Value = serde_json::from_str(&ok(
+            &mut cluster.dog_on(via, &["node", "recovery", "--json"])
+        ))
+        .ok()?;
+        let rows = recovery.as_array()?;
+        // Snapshots taken one after another: all must describe the same epoch and members.
+        let all_recovered = rows.len() == n
+            && rows.iter().all(|r| {
+                r["reachable"] == true
+                    && r["epoch"].as_u64() == Some(epoch)
+                    && r["recoveredEpoch"].as_u64() == Some(epoch)
+            });
+        let per_node = cluster.objects_per_node(via)?;
         let total: u64 = per_node.iter().map(|(_, o)| o).sum();
-        (per_node.len() == n && total == objects * copies).then_some(())
+        (all_recovered && per_node.len() == n && total == objects * copies).then_some(())
     });
 }
 
@@ -179,7 +192,9 @@ fn a_new_node_takes_about_its_share_and_stale_copies_go() {
     wait_for_redundancy(&cluster, 0, 3, objects, 3);
     let (_, nbd) = cluster.add_node("3");
     wait_for_redundancy(&cluster, 0, 4, objects, 3);
-    let per_node = cluster.objects_per_node(0);
+    let per_node = cluster
+        .objects_per_node(0)
+        .expect("every node reports its objects");
     let new = per_node.iter().find(|(id, _)| id == "3").unwrap().1 as f64;
     let share = new / (objects * 3) as f64;
     eprintln!(

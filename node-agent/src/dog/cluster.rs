@@ -57,7 +57,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                 epoch: info.epoch,
                 default_copies: info.default_copies,
                 version: info.version,
-                nodes: rows(&super::node::self_described(&info.nodes).await),
+                nodes: rows(&info.nodes).await,
             };
             if target.json {
                 return print_json(&info);

@@ -34,24 +34,15 @@ pub struct RecoveryRow {
     pub recovered_epoch: u64,
 }
 
-/// Each node of the map, as it describes itself (its own usage), or as the map does if it
-/// cannot be reached.
-pub async fn self_described(nodes: &[v1::Node]) -> Vec<v1::Node> {
-    let mut out = Vec::new();
-    for node in nodes {
-        let own = async {
-            let target = node_target(node)?;
-            let mut client = cluster(&target).await.ok()?;
-            let list = client
-                .list_nodes(v1::ListNodesRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            list.nodes.into_iter().find(|n| n.id == node.id)
-        };
-        out.push(own.await.unwrap_or_else(|| node.clone()));
-    }
-    out
+/// A node as it describes itself (its own usage), or `None` if it cannot be asked.
+async fn self_described(node: &v1::Node) -> Option<v1::Node> {
+    let mut client = cluster(&node_target(node)?).await.ok()?;
+    let list = client
+        .list_nodes(v1::ListNodesRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    list.nodes.into_iter().find(|n| n.id == node.id)
 }
 
 fn node_target(node: &v1::Node) -> Option<Target> {
@@ -110,23 +101,27 @@ pub struct NodeRow {
     pub nbd_addr: String,
     pub zone: String,
     pub capacity: u64,
-    pub used: u64,
-    pub objects: u64,
+    /// Bytes stored, as the node itself reports; `None` when it could not be asked.
+    pub used: Option<u64>,
+    pub objects: Option<u64>,
 }
 
-pub fn rows(nodes: &[v1::Node]) -> Vec<NodeRow> {
-    nodes
-        .iter()
-        .map(|n| NodeRow {
-            id: n.id.clone(),
-            peer_addr: n.peer_addr.clone(),
-            nbd_addr: n.nbd_addr.clone(),
-            zone: n.zone.clone(),
-            capacity: n.capacity,
-            used: n.used_bytes,
-            objects: n.object_count,
-        })
-        .collect()
+/// One row per node of the map, with the usage each node reports about itself.
+pub async fn rows(nodes: &[v1::Node]) -> Vec<NodeRow> {
+    let mut rows = Vec::new();
+    for node in nodes {
+        let own = self_described(node).await;
+        rows.push(NodeRow {
+            id: node.id.clone(),
+            peer_addr: node.peer_addr.clone(),
+            nbd_addr: node.nbd_addr.clone(),
+            zone: node.zone.clone(),
+            capacity: node.capacity,
+            used: own.as_ref().map(|n| n.used_bytes),
+            objects: own.as_ref().map(|n| n.object_count),
+        });
+    }
+    rows
 }
 
 pub fn print_table(rows: &[NodeRow]) {
@@ -143,8 +138,8 @@ pub fn print_table(rows: &[NodeRow]) {
             r.nbd_addr,
             r.zone,
             size::format(r.capacity),
-            size::format(r.used),
-            r.objects
+            r.used.map_or("-".into(), size::format),
+            r.objects.map_or("-".into(), |o| o.to_string())
         );
     }
 }
@@ -157,7 +152,7 @@ pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
                 .list_nodes(v1::ListNodesRequest {})
                 .await
                 .map_err(failed)?;
-            let rows = rows(&self_described(&nodes.into_inner().nodes).await);
+            let rows = rows(&nodes.into_inner().nodes).await;
             if target.json {
                 return print_json(&rows);
             }
