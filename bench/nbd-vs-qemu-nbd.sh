@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side NBD benchmark: a one-node sheep (copies=1) against qemu-nbd serving a raw file,
+# Side-by-side NBD benchmark: a sheep cluster (default one node, copies=1; set NODES and COPIES,
+# e.g. NODES=3 COPIES=3) against qemu-nbd serving a raw file,
 # both on the same disk, both with the host page cache (sheep: buffered I/O; qemu-nbd:
 # --cache=writeback --aio=threads), driven by fio's nbd engine over loopback TCP.
 # Each workload runs against both targets back to back, alternating which goes first, and the
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 
 RUNTIME=${1:-15}
 SIZE=${BENCH_SIZE:-1G}
+NODES=${NODES:-1}
+COPIES=${COPIES:-1}
 WORK=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}" sheepdog-bench.XXXXXX)
 DOG=target/release/dog
 for tool in fio qemu-nbd qemu-img; do
@@ -17,7 +20,8 @@ done
 [ -x $DOG ] || { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PEER=$(free_port); NBD=$(free_port); QPORT=$(free_port)
+# Ports: a block of NODES + 1 (the coordinator sits just below node 0).
+PEER=$(python3 -c 'import random; print(random.randrange(20000, 40000))'); NBD=$((PEER + 100)); QPORT=$(free_port)
 
 QEMU_PID=
 cleanup() {
@@ -27,7 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-$DOG cluster up --nodes 1 --dir "$WORK/cluster" --base-port "$PEER" --nbd-base-port "$NBD" >/dev/null
+$DOG cluster up --nodes "$NODES" --copies "$COPIES" --dir "$WORK/cluster" --base-port "$PEER" --nbd-base-port "$NBD" >/dev/null
 $DOG vdi create bench "$SIZE" -p "$PEER" >/dev/null
 qemu-img create -q -f raw "$WORK/base.raw" "$SIZE"
 qemu-nbd -f raw -x bench -b 127.0.0.1 -p "$QPORT" -t -e 8 --cache=writeback --aio=threads "$WORK/base.raw" &
@@ -81,4 +85,4 @@ rand-read-4K-qd1 randread 4k 1 IOPS
 rand-write-4K-qd1 randwrite 4k 1 IOPS
 rand-write-4K-qd1-flush-each randwrite 4k 1 IOPS --fsync=1
 JOBS
-echo "backing store: $(df --output=source,fstype "$WORK" | tail -1); cache: host page cache on both (sheep buffered, qemu-nbd --cache=writeback); size $SIZE; ${RUNTIME}s per run"
+echo "sheep: $NODES node(s), $COPIES copies, client on node 0; backing store: $(df --output=source,fstype "$WORK" | tail -1); cache: host page cache on both (sheep buffered, qemu-nbd --cache=writeback); size $SIZE; ${RUNTIME}s per run"

@@ -170,7 +170,7 @@ impl VolumeService for VolumeApi {
             .read(&vol, req.offset, u64::from(req.length))
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::ReadVolumeResponse { data }))
+        Ok(Response::new(v1::ReadVolumeResponse { data: data.into() }))
     }
 
     async fn write_volume(

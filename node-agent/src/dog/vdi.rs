@@ -209,7 +209,7 @@ async fn write(
         let req = v1::WriteVolumeRequest {
             name: name.clone(),
             offset: pos,
-            data: chunk,
+            data: chunk.into(),
             fua: last,
         };
         client.write_volume(req).await.map_err(failed)?;

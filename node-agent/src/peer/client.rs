@@ -57,7 +57,7 @@ impl Peers {
             length,
         };
         let resp = self.client(node)?.read_object(req).await;
-        Ok(answer(node, resp)?.data)
+        Ok(answer(node, resp)?.data.into())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -77,7 +77,7 @@ impl Peers {
             capacity: spec.capacity,
             copies: u32::from(spec.copies),
             offset,
-            data: data.to_vec(),
+            data,
             fua,
         };
         answer(node, self.client(node)?.write_object(req).await).map(drop)
@@ -156,7 +156,7 @@ impl Peers {
                 capacity: resp.capacity,
                 copies,
             },
-            resp.data,
+            resp.data.into(),
         )))
     }
 

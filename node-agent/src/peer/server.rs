@@ -57,7 +57,7 @@ impl PeerService for PeerApi {
             .read(&epoch, oid(req.oid)?, req.offset, req.length as usize)
             .await
             .map_err(|e| self.failed(e))?;
-        Ok(Response::new(v1::ReadObjectResponse { data }))
+        Ok(Response::new(v1::ReadObjectResponse { data: data.into() }))
     }
 
     async fn write_object(
@@ -152,7 +152,7 @@ impl PeerService for PeerApi {
             Some((spec, data)) => v1::FetchObjectResponse {
                 found: true,
                 capacity: spec.capacity,
-                data,
+                data: data.into(),
                 copies: u32::from(spec.copies),
             },
             None => v1::FetchObjectResponse::default(),
