@@ -186,7 +186,7 @@ impl VolumeService for VolumeApi {
         }
         let vol = self.gateway.open_volume(&req.name).await.map_err(status)?;
         self.gateway
-            .write(&vol, req.offset, req.data.into(), false)
+            .write(&vol, req.offset, req.data, false)
             .await
             .map_err(status)?;
         if req.fua {

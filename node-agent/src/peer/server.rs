@@ -72,14 +72,9 @@ impl PeerService for PeerApi {
             capacity: req.capacity,
             copies,
         };
-        let write = self.local.write(
-            &epoch,
-            oid(req.oid)?,
-            spec,
-            req.offset,
-            req.data.into(),
-            req.fua,
-        );
+        let write = self
+            .local
+            .write(&epoch, oid(req.oid)?, spec, req.offset, req.data, req.fua);
         write.await.map_err(|e| self.failed(e))?;
         Ok(Response::new(v1::WriteObjectResponse {}))
     }
