@@ -96,21 +96,24 @@ fn a_node_killed_under_writes_stalls_briefly_and_loses_nothing() {
 
 #[test]
 fn writes_are_refused_below_min_copies_and_resume_when_nodes_return() {
-    let mut cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
+    let mut cluster = Cluster::start_with(4, FAILURE_TIMEOUT);
     cluster.create("degraded", "8M");
     let uri = cluster.nbd_uri_on(0, "degraded");
     qemu_io(&uri, &["write -P 0x01 0 8M", "flush"]);
+    cluster.kill9_node(3);
+    wait_for_redundancy(&cluster, 0, 3, 3, 3);
+    qemu_io(&uri, &["write -P 0x02 0 4M", "flush"]);
     cluster.kill9_node(2);
     wait_for("the map to drop node 2", Duration::from_secs(20), || {
         (members(&cluster, 0) == 2).then_some(())
     });
-    qemu_io(&uri, &["write -P 0x02 0 4M", "flush"]);
+    qemu_io(&uri, &["write -P 0x03 0 2M", "flush"]);
     cluster.kill9_node(1);
     wait_for("the map to drop node 1", Duration::from_secs(20), || {
         (members(&cluster, 0) == 1).then_some(())
     });
     let started = Instant::now();
-    let refused = qemu_io_fails(&uri, &["write -P 0x03 0 4k"]);
+    let refused = qemu_io_fails(&uri, &["write -P 0x04 0 4k"]);
     assert!(refused.contains("Input/output error"), "{refused}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -121,28 +124,39 @@ fn writes_are_refused_below_min_copies_and_resume_when_nodes_return() {
         log.contains("fewer live replicas than minCopies"),
         "the log says why"
     );
-    qemu_io(&uri, &["read -P 0x02 0 4M", "read -P 0x01 4M 4M"]);
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0x03 0 2M",
+            "read -P 0x02 2M 2M",
+            "read -P 0x01 4M 4M",
+        ],
+    );
     cluster.up();
     wait_for("nodes to rejoin", Duration::from_secs(20), || {
-        (members(&cluster, 0) == 3).then_some(())
+        (members(&cluster, 0) == 4).then_some(())
     });
     qemu_io(
         &uri,
         &[
-            "write -P 0x04 0 4k",
-            "read -P 0x04 0 4k",
-            "read -P 0x02 4k 4092k",
+            "write -P 0x05 0 4k",
+            "read -P 0x05 0 4k",
+            "read -P 0x03 4k 2044k",
         ],
     );
-    wait_for_redundancy(&cluster, 0, 3, 3, 3);
-    qemu_io(
-        &cluster.nbd_uri_on(2, "degraded"),
-        &[
-            "read -P 0x04 0 4k",
-            "read -P 0x02 4k 4092k",
-            "read -P 0x01 4M 4M",
-        ],
-    );
+    wait_for_redundancy(&cluster, 0, 4, 3, 3);
+    for node in 1..4 {
+        qemu_io(
+            &cluster.nbd_uri_on(node, "degraded"),
+            &[
+                "read -P 0x05 0 4k",
+                "read -P 0x03 4k 2044k",
+                "read -P 0x02 2M 2M",
+                "read -P 0x01 4M 4M",
+            ],
+        );
+    }
+    ok(&mut cluster.dog(&["cluster", "check"]));
 }
 
 #[test]
