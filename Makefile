@@ -13,7 +13,7 @@ build:
 # The embedded default: a local cluster on loopback serving volume vm1 over NBD.
 up:
 	cargo build --release --workspace --bins
-	target/release/dog cluster up --nodes 1 --dir $(DIR)
+	target/release/dog cluster up --nodes 3 --dir $(DIR)
 	target/release/dog vdi list --json | grep -q '"name": "vm1"' || target/release/dog vdi create vm1 10G
 	qemu-img info nbd://127.0.0.1:10809/vm1
 
@@ -28,10 +28,13 @@ lint:
 test: build
 	cargo nextest run --workspace --no-fail-fast
 
-# Side-by-side benchmark against qemu-nbd on the same disk; see docs/benchmarks.md.
+# Side-by-side benchmarks against qemu-nbd on the same disk, and recovery speed;
+# see docs/benchmarks.md.
 bench:
 	cargo build --release --workspace --bins
 	bench/nbd-vs-qemu-nbd.sh
+	NODES=3 COPIES=3 bench/nbd-vs-qemu-nbd.sh
+	bench/recovery.sh
 
 ring-figures:
 	cargo run --release -p sheepdog-model --example ring_figures
