@@ -322,9 +322,8 @@ pub fn wait_gone(pid: u32) {
     panic!("process {pid} did not exit");
 }
 
-/// Runs qemu-io on `uri` with the given commands; returns stdout. Panics when qemu-io fails
-/// or reports a failed command (it prints pattern mismatches on stderr).
-pub fn qemu_io(uri: &str, commands: &[&str]) -> String {
+/// `qemu-io -f raw -c CMD... URI`.
+fn qemu_io_command(uri: &str, commands: &[&str]) -> Command {
     require("qemu-io", "qemu-utils");
     let mut cmd = Command::new("qemu-io");
     cmd.args(["-f", "raw"]);
@@ -332,7 +331,13 @@ pub fn qemu_io(uri: &str, commands: &[&str]) -> String {
         cmd.args(["-c", c]);
     }
     cmd.arg(uri);
-    let out = run(&mut cmd);
+    cmd
+}
+
+/// Runs qemu-io on `uri` with the given commands; returns stdout. Panics when qemu-io fails
+/// or reports a failed command (it prints pattern mismatches on stderr).
+pub fn qemu_io(uri: &str, commands: &[&str]) -> String {
+    let out = run(&mut qemu_io_command(uri, commands));
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -347,13 +352,7 @@ pub fn qemu_io(uri: &str, commands: &[&str]) -> String {
 
 /// Like [`qemu_io`], but expects a failure and returns stdout and stderr together.
 pub fn qemu_io_fails(uri: &str, commands: &[&str]) -> String {
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw"]);
-    for c in commands {
-        cmd.args(["-c", c]);
-    }
-    cmd.arg(uri);
-    let out = run(&mut cmd);
+    let out = run(&mut qemu_io_command(uri, commands));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -6,7 +6,7 @@
 //! copies the version most replicas agree on (the primary's on a tie) over missing, corrupt or
 //! differing copies. The command fails while any object is unhealthy.
 
-use super::client::{cluster, failed};
+use super::client::failed;
 use super::{Target, print_json};
 use serde::Serialize;
 use sheepdog_api::v1;
@@ -39,12 +39,7 @@ enum Copy {
 }
 
 pub async fn run(target: Target, repair: bool) -> anyhow::Result<()> {
-    let info = cluster(&target)
-        .await?
-        .get_cluster_info(v1::GetClusterInfoRequest {})
-        .await
-        .map_err(failed)?
-        .into_inner();
+    let info = super::client::cluster_info(&target).await?;
     let map = ClusterMap::new(info.epoch, info.nodes.iter().map(node_info).collect());
     let ring = Ring::new(&map);
     let mut peers = HashMap::new();

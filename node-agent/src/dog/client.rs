@@ -30,3 +30,14 @@ pub async fn cluster(target: &Target) -> anyhow::Result<ClusterServiceClient<Cha
 pub fn failed(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
+
+/// The cluster as the target node sees it.
+pub async fn cluster_info(target: &Target) -> anyhow::Result<sheepdog_api::v1::ClusterInfo> {
+    let request = sheepdog_api::v1::GetClusterInfoRequest {};
+    Ok(cluster(target)
+        .await?
+        .get_cluster_info(request)
+        .await
+        .map_err(failed)?
+        .into_inner())
+}

@@ -1,11 +1,9 @@
 //! `dog cluster ...`: cluster information, and local clusters on this machine.
 
-use super::client::{cluster, failed};
 use super::node::{print_table, rows};
 use super::{Target, local_cluster, print_json};
 use clap::Subcommand;
 use serde::Serialize;
-use sheepdog_api::v1;
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
@@ -46,12 +44,7 @@ struct Info {
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
         ClusterCommand::Info { target } => {
-            let info = cluster(&target)
-                .await?
-                .get_cluster_info(v1::GetClusterInfoRequest {})
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let info = super::client::cluster_info(&target).await?;
             let info = Info {
                 status: info.status,
                 epoch: info.epoch,
