@@ -291,3 +291,57 @@ fn every_node_serves_prometheus_metrics_on_its_grpc_port() {
         assert!(text.contains(metric), "missing {metric} in:\n{text}");
     }
 }
+
+#[test]
+fn a_workload_through_a_kill_a_restart_and_a_join_loses_nothing() {
+    let mut cluster = Cluster::start_with(5, FAILURE_TIMEOUT);
+    cluster.create("journey", "32M");
+    let state = cluster.dir.path().join("journey.json");
+    let uri = cluster.nbd_uri_on(0, "journey");
+    let writer = workload(&["write", &uri, state.to_str().unwrap(), "24", "8192"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.kill9_node(4);
+    wait_for("the map to drop node 4", Duration::from_secs(20), || {
+        (members(&cluster, 0) == 4).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.up();
+    wait_for("node 4 to rejoin", Duration::from_secs(20), || {
+        (members(&cluster, 0) == 5).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.add_node("5");
+    wait_for("node 5 to join", Duration::from_secs(20), || {
+        (members(&cluster, 0) == 6).then_some(())
+    });
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "checker failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    eprintln!("workload through kill, restart and join: {run}");
+    assert_eq!(run["errors"], 0, "{run}");
+    assert_eq!(run["stale"], 0, "{run}");
+    assert!(run["max_stall_s"].as_f64().unwrap() <= 8.0, "{run}");
+    for node in [1, 4] {
+        let check = workload_result(&mut workload(&[
+            "verify",
+            &cluster.nbd_uri_on(node, "journey"),
+            state.to_str().unwrap(),
+        ]));
+        eprintln!("verified through node {node}: {check}");
+        assert_eq!(check["lost"], 0, "{check}");
+        assert_eq!(check["corrupt"], 0, "{check}");
+    }
+    wait_for("every replica to agree", Duration::from_secs(30), || {
+        sheepdog_e2e::run(&mut cluster.dog(&["cluster", "check"]))
+            .status
+            .success()
+            .then_some(())
+    });
+}
