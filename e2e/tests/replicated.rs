@@ -345,3 +345,77 @@ fn a_workload_through_a_kill_a_restart_and_a_join_loses_nothing() {
             .then_some(())
     });
 }
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn a_stalled_replica_cannot_make_the_gateway_buffer_without_bound() {
+    sheepdog_e2e::require("fio", "fio");
+    let cluster = Cluster::start_with(3, "20s");
+    cluster.create("slow", "2G");
+    let (gateway, stalled) = (cluster.pid(0), cluster.pid(2));
+    let before = rss(gateway);
+    ok(std::process::Command::new("kill").args(["-STOP", &stalled.to_string()]));
+    // A client streaming 8 MiB writes at queue depth 32 while one replica answers nothing.
+    let mut fio = std::process::Command::new("fio")
+        .args([
+            "--name=flood",
+            "--ioengine=nbd",
+            &format!("--uri={}", cluster.nbd_uri_on(0, "slow")),
+        ])
+        .args([
+            "--rw=write",
+            "--bs=8M",
+            "--iodepth=32",
+            "--size=2G",
+            "--runtime=8",
+            "--time_based=1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut early, mut late) = (0, 0);
+    for i in 0..30 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = rss(gateway);
+        if i < 15 {
+            early = early.max(now)
+        } else {
+            late = late.max(now)
+        }
+    }
+    let peak = early.max(late);
+    ok(std::process::Command::new("kill").args(["-CONT", &stalled.to_string()]));
+    let _ = fio.kill();
+    let _ = fio.wait();
+    eprintln!(
+        "gateway RSS {} MiB before; peak {} MiB in the first 3 s of the stall, {} MiB in the next 3 s",
+        before >> 20,
+        early >> 20,
+        late >> 20
+    );
+    // In flight per connection: at most 128 MiB of client payload, plus the encoded request
+    // held for each replica that does not drain it: 3 x 128 MiB, and some slack.
+    assert!(
+        peak < before + (448 << 20),
+        "the gateway grew from {before} to {peak} bytes"
+    );
+    assert!(
+        late < early + (32 << 20),
+        "memory kept growing while the replica stalled: {early} then {late}"
+    );
+}

@@ -43,8 +43,8 @@ enum Op {
 /// - a replica on another epoch refuses; this node then adopts the newer map (or pushes its
 ///   own) and retries at once with the replica set of the newest map;
 /// - while a replica is unreachable the operation is retried until a new epoch removes that
-///   node (failure detection), then applied to the new set; after `io_timeout` without
-///   success it fails;
+///   node (failure detection), then applied to the new set; a retry skips the replicas that
+///   already applied it; after `io_timeout` without success it fails;
 /// - when the current map gives fewer than `min_copies` replicas, writes are refused at once;
 /// - a read is served by one replica (this node first when it is one), falling over to the
 ///   others when a copy is unreachable or corrupt;
@@ -250,6 +250,9 @@ impl Replicas {
 
     async fn mutate(&self, oid: ObjectId, copies: u8, op: Op) -> Result<()> {
         let deadline = Instant::now() + self.io_timeout;
+        // Replicas that have applied the operation: a retry goes only to the others (a node
+        // that stays in a newer replica set still has it).
+        let mut applied: HashSet<String> = HashSet::new();
         loop {
             let epoch = self.admit(deadline).await?;
             let set = epoch.replicas(oid, copies);
@@ -262,16 +265,23 @@ impl Replicas {
                     need,
                 });
             }
+            let targets: Vec<&NodeInfo> = set
+                .into_iter()
+                .filter(|n| !applied.contains(&n.id))
+                .collect();
             let results = futures::future::join_all(
-                set.iter().map(|node| self.apply(&epoch, node, oid, &op)),
+                targets
+                    .iter()
+                    .map(|node| self.apply(&epoch, node, oid, &op)),
             )
             .await;
             let mut retry = None;
             let mut refused = false;
-            for (node, result) in set.iter().zip(results) {
+            for (node, result) in targets.iter().zip(results) {
                 match result {
                     Ok(()) => {
                         self.dirty.lock().unwrap().insert(node.id.clone());
+                        applied.insert(node.id.clone());
                     }
                     Err(e @ ReplicaError::Epoch { .. }) => {
                         catch_up(&self.view, &self.peers, node, &e).await;
