@@ -35,6 +35,7 @@ bench:
 	bench/nbd-vs-qemu-nbd.sh
 	NODES=3 COPIES=3 bench/nbd-vs-qemu-nbd.sh
 	bench/recovery.sh
+	bench/aggregate.py
 
 ring-figures:
 	cargo run --release -p sheepdog-model --example ring_figures
