@@ -419,3 +419,45 @@ fn a_stalled_replica_cannot_make_the_gateway_buffer_without_bound() {
         "memory kept growing while the replica stalled: {early} then {late}"
     );
 }
+
+#[test]
+fn concurrent_creates_of_one_name_on_two_nodes_give_one_volume() {
+    let cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
+    for round in 0..5 {
+        let name = format!("race{round}");
+        let spawn = |node: u16| {
+            cluster
+                .dog_on(node, &["vdi", "create", &name, "64M"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(0), spawn(1));
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let won = [&a, &b].iter().filter(|o| o.status.success()).count();
+        assert_eq!(won, 1, "exactly one create of {name} succeeds");
+        let loser = if a.status.success() { &b } else { &a };
+        let error = String::from_utf8_lossy(&loser.stderr);
+        assert!(
+            error.contains("already exists"),
+            "the other says why: {error}"
+        );
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&mut cluster.dog_on(2, &["vdi", "list", "--json"]))).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["race0", "race1", "race2", "race3", "race4"]);
+    let vids: std::collections::HashSet<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["vid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(vids.len(), 5, "every volume has its own vid");
+}

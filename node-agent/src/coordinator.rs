@@ -10,7 +10,10 @@
 use crate::cluster::{load_history, save_map};
 use anyhow::Context;
 use sheepdog_api::v1::coordinator_service_server::{CoordinatorService, CoordinatorServiceServer};
-use sheepdog_api::v1::{ClusterMapMessage, GetMapAtRequest, HeartbeatRequest, HeartbeatResponse};
+use sheepdog_api::v1::{
+    ClusterMapMessage, GetMapAtRequest, HeartbeatRequest, HeartbeatResponse, LockRequest,
+    LockResponse, UnlockRequest, UnlockResponse,
+};
 use sheepdog_model::membership::{Heartbeat, Membership};
 use sheepdog_model::{ClusterMap, NodeInfo};
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +46,8 @@ struct State {
     history: BTreeMap<u64, ClusterMap>,
     heartbeats: BTreeMap<String, Heartbeat>,
     recovered: HashMap<String, u64>,
+    /// Named locks: holder and expiry in ms.
+    locks: HashMap<String, (String, u64)>,
     started: Instant,
     dir: PathBuf,
 }
@@ -118,6 +123,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         history,
         heartbeats,
         recovered: HashMap::new(),
+        locks: HashMap::new(),
         started,
         dir: maps,
     };
@@ -168,6 +174,48 @@ impl CoordinatorService for Coordinator {
             all_recovered: state.all_recovered(),
             failure_timeout_ms: state.membership.failure_timeout_ms,
         }))
+    }
+
+    async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let req = req.into_inner();
+        if req.holder.is_empty() {
+            return Err(Status::invalid_argument("a lock needs a holder"));
+        }
+        let mut state = self.state.lock().unwrap();
+        let now = state.now_ms();
+        let until = now + req.ttl_ms.clamp(1_000, 120_000);
+        let free = match state.locks.get(&req.name) {
+            Some((holder, expiry)) => holder == &req.holder || *expiry <= now,
+            None => true,
+        };
+        if free {
+            state.locks.insert(req.name, (req.holder, until));
+            return Ok(Response::new(LockResponse {
+                granted: true,
+                holder: String::new(),
+            }));
+        }
+        let holder = state.locks[&req.name].0.clone();
+        Ok(Response::new(LockResponse {
+            granted: false,
+            holder,
+        }))
+    }
+
+    async fn unlock(
+        &self,
+        req: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        let req = req.into_inner();
+        let mut state = self.state.lock().unwrap();
+        if state
+            .locks
+            .get(&req.name)
+            .is_some_and(|(holder, _)| holder == &req.holder)
+        {
+            state.locks.remove(&req.name);
+        }
+        Ok(Response::new(UnlockResponse {}))
     }
 
     async fn get_map_at(

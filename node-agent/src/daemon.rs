@@ -75,7 +75,11 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         config.min_copies,
         config.io_timeout,
     );
-    let gateway = Arc::new(Gateway::new(replicas, config.copies));
+    let gateway = Arc::new(Gateway::new(
+        replicas,
+        config.copies,
+        config.coordinator.as_deref(),
+    ));
 
     let grpc = TcpListener::bind(config.listen).await.with_context(|| {
         format!(

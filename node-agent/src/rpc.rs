@@ -53,6 +53,7 @@ fn status(err: GatewayError) -> Status {
         | GatewayError::NotEnoughReplicas { .. }
         | GatewayError::Fenced
         | GatewayError::TimedOut { .. } => tonic::Code::Unavailable,
+        GatewayError::MetadataBusy { .. } => tonic::Code::Aborted,
         GatewayError::Replica(e) => match e {
             ReplicaError::Epoch { .. } | ReplicaError::Unreachable { .. } => {
                 tonic::Code::Unavailable

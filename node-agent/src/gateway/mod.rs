@@ -5,6 +5,7 @@
 //! map; [`replicas::Replicas`] does the replicated I/O.
 
 mod io;
+mod metadata_lock;
 mod replicas;
 mod volumes;
 
@@ -49,6 +50,8 @@ pub enum GatewayError {
     Fenced,
     #[error("gave up on object {oid}: {reason}")]
     TimedOut { oid: ObjectId, reason: String },
+    #[error("another volume operation is running in the cluster ({reason}); try again")]
+    MetadataBusy { reason: String },
     #[error(transparent)]
     Replica(#[from] ReplicaError),
     #[error("every volume id is in use; delete volumes to free some")]
@@ -72,18 +75,20 @@ pub struct Gateway {
     default_copies: u8,
     volumes: RwLock<HashMap<u32, Arc<Volume>>>,
     names: RwLock<HashMap<String, u32>>,
-    metadata: tokio::sync::Mutex<()>,
+    metadata: metadata_lock::MetadataLock,
 }
 
 impl Gateway {
     /// A gateway over `replicas`. Volumes are found in the cluster when first asked for.
-    pub fn new(replicas: Replicas, default_copies: u8) -> Self {
+    /// Metadata operations lock through `coordinator` when there is one.
+    pub fn new(replicas: Replicas, default_copies: u8, coordinator: Option<&str>) -> Self {
+        let metadata = metadata_lock::MetadataLock::new(coordinator, replicas.self_id());
         Self {
             replicas,
             default_copies,
             volumes: RwLock::default(),
             names: RwLock::default(),
-            metadata: tokio::sync::Mutex::new(()),
+            metadata,
         }
     }
 

@@ -22,7 +22,35 @@ impl Gateway {
         copies: u8,
         object_size: u32,
     ) -> Result<Inode> {
-        let _serial = self.metadata.lock().await;
+        let held = self.metadata.acquire().await?;
+        let result = self.create_locked(name, size, copies, object_size).await;
+        self.metadata.release(held).await;
+        result
+    }
+
+    /// Deletes a volume and every object it owns.
+    pub async fn delete_volume(&self, name: &str) -> Result<()> {
+        let held = self.metadata.acquire().await?;
+        let result = self.delete_locked(name).await;
+        self.metadata.release(held).await;
+        result
+    }
+
+    /// Changes a volume's size; shrinking frees the objects past the new end.
+    pub async fn resize_volume(&self, name: &str, size: u64) -> Result<Inode> {
+        let held = self.metadata.acquire().await?;
+        let result = self.resize_locked(name, size).await;
+        self.metadata.release(held).await;
+        result
+    }
+
+    async fn create_locked(
+        &self,
+        name: &str,
+        size: u64,
+        copies: u8,
+        object_size: u32,
+    ) -> Result<Inode> {
         inode::validate_name(name)?;
         self.load_volumes().await?;
         if self.names.read().unwrap().contains_key(name) {
@@ -60,9 +88,7 @@ impl Gateway {
         Ok(inode)
     }
 
-    /// Deletes a volume and every object it owns.
-    pub async fn delete_volume(&self, name: &str) -> Result<()> {
-        let _serial = self.metadata.lock().await;
+    async fn delete_locked(&self, name: &str) -> Result<()> {
         let inode = self.open_volume(name).await?.inode.read().unwrap().clone();
         for (index, &owner) in inode.data_vids.iter().enumerate() {
             if owner == inode.vid {
@@ -80,9 +106,7 @@ impl Gateway {
         Ok(())
     }
 
-    /// Changes a volume's size; shrinking frees the objects past the new end.
-    pub async fn resize_volume(&self, name: &str, size: u64) -> Result<Inode> {
-        let _serial = self.metadata.lock().await;
+    async fn resize_locked(&self, name: &str, size: u64) -> Result<Inode> {
         let volume = self.open_volume(name).await?;
         let old = volume.inode.read().unwrap().clone();
         let mut new = old.clone();

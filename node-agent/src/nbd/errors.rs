@@ -19,6 +19,7 @@ pub fn errno(err: &GatewayError, kind: u16) -> u32 {
         | GatewayError::NotEnoughReplicas { .. }
         | GatewayError::Fenced
         | GatewayError::TimedOut { .. }
+        | GatewayError::MetadataBusy { .. }
         | GatewayError::Task(_) => EIO,
         GatewayError::Store(e) => store_errno(e),
         GatewayError::Replica(e) => replica_errno(e, writes),
