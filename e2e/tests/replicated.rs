@@ -280,8 +280,8 @@ fn every_node_serves_prometheus_metrics_on_its_grpc_port() {
     stream.read_to_string(&mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     for metric in [
-        "sheepdog_nbd_requests_total{op=\"Write\"} 1",
-        "sheepdog_nbd_bytes_total{op=\"Read\"} 65536",
+        "sheepdog_nbd_requests_total{op=\"write\"} 1",
+        "sheepdog_nbd_bytes_total{op=\"read\"} 65536",
         "sheepdog_nbd_request_duration_seconds_bucket",
         "sheepdog_cluster_nodes 2",
         "sheepdog_lease_valid 1",
