@@ -16,6 +16,10 @@ pub struct Local {
 
 type Reply<T> = Result<T, ReplicaError>;
 
+/// Requests up to this size that need no fsync run on the async thread: they only touch the
+/// page cache, and a hop to the blocking pool costs more than the copy.
+const INLINE_MAX: usize = 64 << 10;
+
 impl Local {
     pub async fn read(
         &self,
@@ -25,6 +29,13 @@ impl Local {
         len: usize,
     ) -> Reply<Vec<u8>> {
         self.recovery.before_io(epoch, oid).await?;
+        if len <= INLINE_MAX {
+            let mut buf = vec![0u8; len];
+            let read = self.store.read(oid, offset, &mut buf);
+            return read
+                .map(|()| buf)
+                .map_err(|e| ReplicaError::from_store(&self.node, &e));
+        }
         self.blocking(move |store| {
             let mut buf = vec![0u8; len];
             store.read(oid, offset, &mut buf).map(|()| buf)
@@ -42,6 +53,10 @@ impl Local {
         fua: bool,
     ) -> Reply<()> {
         self.recovery.before_io(epoch, oid).await?;
+        if !fua && data.len() <= INLINE_MAX {
+            let written = self.store.write(oid, spec, offset, &data, false);
+            return written.map_err(|e| ReplicaError::from_store(&self.node, &e));
+        }
         self.blocking(move |store| store.write(oid, spec, offset, &data, fua))
             .await
     }
