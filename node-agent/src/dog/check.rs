@@ -57,7 +57,10 @@ pub async fn run(target: Target, repair: bool) -> anyhow::Result<()> {
     let mut objects: BTreeMap<ObjectId, u8> = BTreeMap::new();
     for client in peers.values_mut() {
         let list = client
-            .list_objects(v1::ListObjectsRequest { epoch: map.epoch })
+            .list_objects(v1::ListObjectsRequest {
+                epoch: map.epoch,
+                inodes_only: false,
+            })
             .await
             .map_err(failed)?
             .into_inner();

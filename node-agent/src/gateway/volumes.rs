@@ -252,7 +252,7 @@ impl Gateway {
             .iter()
             .filter(|n| n.id != self.replicas.self_id())
         {
-            match self.replicas.peers().list(node, view.epoch()).await {
+            match self.replicas.peers().list(node, view.epoch(), true).await {
                 Ok(list) => found.extend(list.into_iter().filter(|(o, _)| o.is_inode())),
                 Err(e) => {
                     tracing::debug!(node.id = %node.id, error = %e, "cannot list a node's volumes")

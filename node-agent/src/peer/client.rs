@@ -118,14 +118,15 @@ impl Peers {
         .map(drop)
     }
 
-    /// Objects on `node`, with their copies.
-    pub async fn list(&self, node: &NodeInfo, epoch: u64) -> Reply<Vec<(ObjectId, u8)>> {
-        let resp = answer(
-            node,
-            self.client(node)?
-                .list_objects(v1::ListObjectsRequest { epoch })
-                .await,
-        )?;
+    /// Objects on `node` (only inodes with `inodes_only`), with their copies.
+    pub async fn list(
+        &self,
+        node: &NodeInfo,
+        epoch: u64,
+        inodes_only: bool,
+    ) -> Reply<Vec<(ObjectId, u8)>> {
+        let req = v1::ListObjectsRequest { epoch, inodes_only };
+        let resp = answer(node, self.client(node)?.list_objects(req).await)?;
         Ok(resp
             .objects
             .into_iter()

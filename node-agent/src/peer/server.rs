@@ -118,12 +118,14 @@ impl PeerService for PeerApi {
         &self,
         req: Request<v1::ListObjectsRequest>,
     ) -> Result<Response<v1::ListObjectsResponse>, Status> {
-        self.admit(req.into_inner().epoch)?;
+        let req = req.into_inner();
+        self.admit(req.epoch)?;
         let objects = self
             .local
             .store
             .list()
             .into_iter()
+            .filter(|(oid, _)| !req.inodes_only || oid.is_inode())
             .map(|(oid, copies)| v1::StoredObject {
                 oid: oid.raw(),
                 copies: u32::from(copies),

@@ -202,7 +202,7 @@ impl Recovery {
                 if self.view.epoch() != epoch.epoch() {
                     return None;
                 }
-                match self.peers.list(node, epoch.epoch()).await {
+                match self.peers.list(node, epoch.epoch(), false).await {
                     Ok(list) => break list,
                     Err(e) => {
                         self.catch_up(node, &e).await;
