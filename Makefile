@@ -32,10 +32,11 @@ test: build
 # see docs/benchmarks.md.
 bench:
 	cargo build --release --workspace --bins
-	bench/nbd-vs-qemu-nbd.sh
-	NODES=3 COPIES=3 bench/nbd-vs-qemu-nbd.sh
-	bench/recovery.sh
-	bench/aggregate.py
+	bench/nbd-vs-qemu-nbd.sh | tee bench/results/one-node.txt
+	NODES=3 COPIES=3 bench/nbd-vs-qemu-nbd.sh | tee bench/results/three-copies.txt
+	bench/recovery.sh | tee bench/results/recovery.txt
+	bench/aggregate.py | tee bench/results/aggregate.txt
+	bench/plot.py   # needs matplotlib: pip install matplotlib
 
 ring-figures:
 	cargo run --release -p sheepdog-model --example ring_figures
