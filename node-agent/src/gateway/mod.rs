@@ -48,8 +48,8 @@ pub enum GatewayError {
     },
     #[error("this node cannot reach the coordinator, so it serves no I/O (its lease expired)")]
     Fenced,
-    #[error("gave up on object {oid}: {reason}")]
-    TimedOut { oid: ObjectId, reason: String },
+    #[error("gave up on {what}: {reason}")]
+    TimedOut { what: String, reason: String },
     #[error("another volume operation is running in the cluster ({reason}); try again")]
     MetadataBusy { reason: String },
     #[error(transparent)]

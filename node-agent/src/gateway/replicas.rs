@@ -159,7 +159,7 @@ impl Replicas {
             {
                 return Err(e.into());
             }
-            self.pause(deadline, oid, last).await?;
+            self.pause(deadline, format!("object {oid}"), last).await?;
         }
     }
 
@@ -239,7 +239,7 @@ impl Replicas {
                 }
             }
             if !nodes.is_empty()
-                && let Err(e) = self.pause(deadline, ObjectId::inode(1), last).await
+                && let Err(e) = self.pause(deadline, "a flush", last).await
             {
                 self.dirty.lock().unwrap().extend(nodes);
                 return Err(e);
@@ -303,7 +303,10 @@ impl Replicas {
             }
             match retry {
                 None => return Ok(()),
-                Some(e) => self.pause(deadline, oid, Some(e)).await?,
+                Some(e) => {
+                    self.pause(deadline, format!("object {oid}"), Some(e))
+                        .await?
+                }
             }
         }
     }
@@ -361,13 +364,14 @@ impl Replicas {
     async fn pause(
         &self,
         deadline: Instant,
-        oid: ObjectId,
+        what: impl std::fmt::Display,
         last: Option<ReplicaError>,
     ) -> Result<()> {
         if Instant::now() > deadline {
             let reason = last.map_or_else(|| "no replica answered".to_owned(), |e| e.to_string());
-            tracing::warn!(object = %oid, %reason, "giving up on an object after the I/O timeout");
-            return Err(GatewayError::TimedOut { oid, reason });
+            let what = what.to_string();
+            tracing::warn!(%what, %reason, "giving up after the I/O timeout");
+            return Err(GatewayError::TimedOut { what, reason });
         }
         tokio::time::sleep(RETRY_PAUSE).await;
         Ok(())

@@ -21,7 +21,7 @@ use crate::cluster::{ClusterView, Epoch};
 use crate::peer::{Peers, ReplicaError};
 use crate::store::{ObjectSpec, ObjectStore};
 use sheepdog_model::{NodeInfo, ObjectId};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -389,19 +389,6 @@ impl Recovery {
     fn lock(&self, oid: ObjectId) -> &tokio::sync::Mutex<()> {
         let stripe = xxhash_rust::xxh3::xxh3_64(&oid.raw().to_le_bytes()) as usize % LOCK_STRIPES;
         &self.locks[stripe]
-    }
-
-    /// Objects this node should hold at `epoch` but lacks (for `dog cluster check`).
-    pub fn missing_here(&self, epoch: &Epoch, objects: &HashSet<(ObjectId, u8)>) -> Vec<ObjectId> {
-        let me = self.view.self_id();
-        objects
-            .iter()
-            .filter(|(oid, copies)| {
-                epoch.replicas(*oid, *copies).iter().any(|n| n.id == me)
-                    && !self.store.contains(*oid)
-            })
-            .map(|(oid, _)| *oid)
-            .collect()
     }
 }
 
