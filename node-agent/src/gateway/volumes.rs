@@ -22,24 +22,25 @@ impl Gateway {
         copies: u8,
         object_size: u32,
     ) -> Result<Inode> {
-        let held = self.metadata.acquire().await?;
-        let result = self.create_locked(name, size, copies, object_size).await;
-        self.metadata.release(held).await;
-        result
+        self.with_metadata_lock(self.create_locked(name, size, copies, object_size))
+            .await
     }
 
     /// Deletes a volume and every object it owns.
     pub async fn delete_volume(&self, name: &str) -> Result<()> {
-        let held = self.metadata.acquire().await?;
-        let result = self.delete_locked(name).await;
-        self.metadata.release(held).await;
-        result
+        self.with_metadata_lock(self.delete_locked(name)).await
     }
 
     /// Changes a volume's size; shrinking frees the objects past the new end.
     pub async fn resize_volume(&self, name: &str, size: u64) -> Result<Inode> {
+        self.with_metadata_lock(self.resize_locked(name, size))
+            .await
+    }
+
+    /// Runs a metadata operation under the cluster-wide lock, releasing it whatever the outcome.
+    async fn with_metadata_lock<T>(&self, operation: impl Future<Output = Result<T>>) -> Result<T> {
         let held = self.metadata.acquire().await?;
-        let result = self.resize_locked(name, size).await;
+        let result = operation.await;
         self.metadata.release(held).await;
         result
     }
