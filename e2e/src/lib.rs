@@ -400,3 +400,23 @@ pub fn workload_result(cmd: &mut Command) -> serde_json::Value {
     serde_json::from_str(out.trim().lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("checker printed {out:?}: {e}"))
 }
+
+/// Starts the checker writing to `uri` for `seconds` over `blocks` blocks, in the background.
+pub fn start_workload(uri: &str, state: &Path, seconds: u32, blocks: u32) -> std::process::Child {
+    let (seconds, blocks) = (seconds.to_string(), blocks.to_string());
+    workload(&["write", uri, state.to_str().unwrap(), &seconds, &blocks])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a checker started with [`start_workload`] and parses its JSON summary.
+pub fn finish_workload(writer: std::process::Child) -> serde_json::Value {
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "checker failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(out.stdout.trim_ascii()).unwrap()
+}

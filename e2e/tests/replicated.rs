@@ -1,7 +1,10 @@
 //! A replicated cluster of real sheep processes on loopback: any node is a gateway, every
 //! object has `copies` replicas, nodes die and come back, and no acknowledged write is lost.
 
-use sheepdog_e2e::{Cluster, ok, qemu_io, qemu_io_fails, wait_for, workload, workload_result};
+use sheepdog_e2e::{
+    Cluster, finish_workload, ok, qemu_io, qemu_io_fails, start_workload, wait_for, workload,
+    workload_result,
+};
 use std::time::{Duration, Instant};
 
 const FAILURE_TIMEOUT: &str = "3s";
@@ -61,19 +64,10 @@ fn a_node_killed_under_writes_stalls_briefly_and_loses_nothing() {
     cluster.create("busy", "16M");
     let state = cluster.dir.path().join("workload.json");
     let uri = cluster.nbd_uri_on(0, "busy");
-    let writer = workload(&["write", &uri, state.to_str().unwrap(), "14", "4096"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let writer = start_workload(&uri, &state, 14, 4096);
     std::thread::sleep(Duration::from_secs(4));
     cluster.kill9_node(3);
-    let out = writer.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "checker failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    let run = finish_workload(writer);
     eprintln!("workload through a node kill: {run}");
     assert_eq!(run["errors"], 0, "no client error: {run}");
     assert_eq!(run["stale"], 0, "no stale read: {run}");
@@ -298,10 +292,7 @@ fn a_workload_through_a_kill_a_restart_and_a_join_loses_nothing() {
     cluster.create("journey", "32M");
     let state = cluster.dir.path().join("journey.json");
     let uri = cluster.nbd_uri_on(0, "journey");
-    let writer = workload(&["write", &uri, state.to_str().unwrap(), "24", "8192"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let writer = start_workload(&uri, &state, 24, 8192);
     std::thread::sleep(Duration::from_secs(3));
     cluster.kill9_node(4);
     wait_for("the map to drop node 4", Duration::from_secs(20), || {
@@ -317,13 +308,7 @@ fn a_workload_through_a_kill_a_restart_and_a_join_loses_nothing() {
     wait_for("node 5 to join", Duration::from_secs(20), || {
         (members(&cluster, 0) == 6).then_some(())
     });
-    let out = writer.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "checker failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    let run = finish_workload(writer);
     eprintln!("workload through kill, restart and join: {run}");
     assert_eq!(run["errors"], 0, "{run}");
     assert_eq!(run["stale"], 0, "{run}");
