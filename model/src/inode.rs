@@ -6,7 +6,7 @@
 //! |--------|------|---------------------------------------------------|
 //! | 0      | 8    | magic `SHEEPINO`                                  |
 //! | 8      | 2    | format version                                    |
-//! | 10     | 2    | flags (bit 0: snapshot)                           |
+//! | 10     | 2    | flags (bit 0: snapshot, bit 1: deleted)           |
 //! | 12     | 4    | vid                                               |
 //! | 16     | 8    | size in bytes                                     |
 //! | 24     | 1    | log2 of the object size                           |
@@ -15,12 +15,16 @@
 //! | 32     | 8    | creation time, nanoseconds since the Unix epoch   |
 //! | 40     | 2+256| name: length, then UTF-8 bytes                    |
 //! | 298    | 2+256| snapshot tag: length, then UTF-8 bytes            |
-//! | 556    | 4    | CRC32C of bytes 0..556                            |
+//! | 556    | 8    | generation among inodes of the same name          |
+//! | 564    | 4    | CRC32C of bytes 0..564                            |
 //! | 4096   | 4*n  | data table: for each object index, the owning vid |
 //!
 //! The data table sits at a fixed offset so that the gateway updates one entry with a 4-byte
 //! write. Entries past the end of what was written read as zero (no owner), which keeps the
-//! inode object sparse. Decoding dispatches on the version: a future version 2 adds a branch
+//! inode object sparse. A deleted inode is hidden: it stays only while objects it owns are
+//! still read by other volumes (see `directory`). The generation orders the working inodes
+//! of one name: the highest wins, which makes writing a new working inode the commit point of
+//! a snapshot or a rollback. Decoding dispatches on the version: a future version 2 adds a branch
 //! that converts version-1 inodes, it never reinterprets old bytes.
 
 use crate::oid::MAX_VID;
@@ -30,7 +34,8 @@ const MAGIC: &[u8; 8] = b"SHEEPINO";
 pub const FORMAT_VERSION: u16 = 1;
 /// Bytes before the data table.
 pub const HEADER_LEN: usize = 4096;
-const CRC_OFFSET: usize = 556;
+const GENERATION_OFFSET: usize = 556;
+const CRC_OFFSET: usize = 564;
 const NAME_OFFSET: usize = 40;
 const TAG_OFFSET: usize = 298;
 /// Longest volume name or snapshot tag, in bytes.
@@ -43,6 +48,7 @@ pub const INODE_OBJECT_CAPACITY: u64 = HEADER_LEN as u64 + 4 * MAX_OBJECTS;
 pub const MIN_OBJECT_SIZE: u32 = 1 << 16;
 pub const MAX_OBJECT_SIZE: u32 = 1 << 26;
 const SNAPSHOT_FLAG: u16 = 1;
+const DELETED_FLAG: u16 = 2;
 
 /// A volume's metadata and data table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +60,12 @@ pub struct Inode {
     pub copies: u8,
     pub parent_vid: u32,
     pub snapshot: bool,
+    /// Deleted but kept while other volumes still read objects it owns.
+    pub deleted: bool,
     pub tag: String,
     pub ctime_ns: u64,
+    /// Orders the working inodes of one name; the highest is the volume.
+    pub generation: u64,
     /// For each object index, the vid that owns that object's data (0 = never written).
     pub data_vids: Vec<u32>,
 }
@@ -115,8 +125,10 @@ impl Inode {
             copies,
             parent_vid: 0,
             snapshot: false,
+            deleted: false,
             tag: String::new(),
             ctime_ns,
+            generation: 1,
             data_vids: Vec::new(),
         };
         inode.resize(size)?;
@@ -180,7 +192,8 @@ impl Inode {
         buf[..HEADER_LEN].fill(0);
         buf[0..8].copy_from_slice(MAGIC);
         buf[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        let flags = if self.snapshot { SNAPSHOT_FLAG } else { 0 };
+        let flags = if self.snapshot { SNAPSHOT_FLAG } else { 0 }
+            | if self.deleted { DELETED_FLAG } else { 0 };
         buf[10..12].copy_from_slice(&flags.to_le_bytes());
         buf[12..16].copy_from_slice(&self.vid.to_le_bytes());
         buf[16..24].copy_from_slice(&self.size.to_le_bytes());
@@ -190,6 +203,8 @@ impl Inode {
         buf[32..40].copy_from_slice(&self.ctime_ns.to_le_bytes());
         put_string(&mut buf[NAME_OFFSET..], &self.name);
         put_string(&mut buf[TAG_OFFSET..], &self.tag);
+        buf[GENERATION_OFFSET..GENERATION_OFFSET + 8]
+            .copy_from_slice(&self.generation.to_le_bytes());
         let crc = crc32c::crc32c(&buf[..CRC_OFFSET]);
         buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     }
@@ -219,6 +234,7 @@ fn decode_v1(bytes: &[u8]) -> Result<Inode, InodeError> {
     if shift >= 32 {
         return Err(InodeError::HeaderChecksum);
     }
+    let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
     let mut inode = Inode {
         vid: le_u32(&bytes[12..]),
         name: get_string(&bytes[NAME_OFFSET..])?,
@@ -226,9 +242,15 @@ fn decode_v1(bytes: &[u8]) -> Result<Inode, InodeError> {
         object_size: 1u32 << shift,
         copies: bytes[25],
         parent_vid: le_u32(&bytes[28..]),
-        snapshot: u16::from_le_bytes([bytes[10], bytes[11]]) & SNAPSHOT_FLAG != 0,
+        snapshot: flags & SNAPSHOT_FLAG != 0,
+        deleted: flags & DELETED_FLAG != 0,
         tag: get_string(&bytes[TAG_OFFSET..])?,
         ctime_ns: u64::from_le_bytes(bytes[32..40].try_into().unwrap()),
+        generation: u64::from_le_bytes(
+            bytes[GENERATION_OFFSET..GENERATION_OFFSET + 8]
+                .try_into()
+                .unwrap(),
+        ),
         data_vids: Vec::new(),
     };
     let count = inode.object_count().min(MAX_OBJECTS) as usize;
@@ -349,6 +371,8 @@ mod tests {
             copies in 1u8..=31,
             parent in 0..=MAX_VID,
             snapshot: bool,
+            deleted: bool,
+            generation: u64,
             ctime: u64,
             seed: u32,
         ) {
@@ -357,6 +381,8 @@ mod tests {
             let mut inode = Inode::new(vid, &name, size, object_size, copies, ctime).unwrap();
             inode.parent_vid = parent;
             inode.snapshot = snapshot;
+            inode.deleted = deleted;
+            inode.generation = generation;
             inode.tag = tag;
             for (i, v) in inode.data_vids.iter_mut().enumerate() {
                 *v = if (i as u32 ^ seed).is_multiple_of(3) { vid } else { 0 };

@@ -5,6 +5,8 @@
 
 /// The epoch-numbered list of storage nodes.
 pub mod cluster_map;
+/// Every inode of the cluster: working volumes, snapshots, references and garbage.
+pub mod directory;
 /// Volume metadata (the inode) and its versioned binary encoding.
 pub mod inode;
 /// Membership: heartbeats and the current map give the next map.
@@ -17,6 +19,7 @@ pub mod ring;
 pub mod size;
 
 pub use cluster_map::{ClusterMap, NodeInfo};
+pub use directory::Directory;
 pub use inode::Inode;
 pub use oid::ObjectId;
 pub use ring::Ring;
