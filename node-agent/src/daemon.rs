@@ -3,6 +3,7 @@
 use crate::cluster::ClusterView;
 use crate::cluster::heartbeat::{self, HeartbeatConfig};
 use crate::config::SheepConfig;
+use crate::freeze::Freezer;
 use crate::gateway::{Gateway, Replicas};
 use crate::local::Local;
 use crate::metrics::Metrics;
@@ -75,10 +76,12 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         config.min_copies,
         config.io_timeout,
     );
+    let freezer = Arc::new(Freezer::default());
     let gateway = Arc::new(Gateway::new(
         replicas,
         config.copies,
         config.coordinator.as_deref(),
+        freezer.clone(),
     ));
 
     let grpc = TcpListener::bind(config.listen).await.with_context(|| {
@@ -134,6 +137,7 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
     let peer = PeerServiceServer::new(PeerApi {
         view: view.clone(),
         local,
+        freezer,
     })
     .max_decoding_message_size(peer::MAX_MESSAGE)
     .max_encoding_message_size(peer::MAX_MESSAGE);

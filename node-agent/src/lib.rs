@@ -10,6 +10,8 @@ pub mod coordinator;
 pub mod daemon;
 /// `dog`, the command-line client.
 pub mod dog;
+/// Write freezes around snapshots, rollbacks and deletes.
+pub mod freeze;
 /// Volume I/O and metadata over replicated objects; every node is a gateway.
 pub mod gateway;
 /// This node as a replica: store operations preceded by recovery of the object.

@@ -36,6 +36,8 @@ fn volume(inode: &Inode) -> v1::Volume {
         tag: inode.tag.clone(),
         ctime_ns: inode.ctime_ns,
         allocated_bytes: gateway::allocated_bytes(inode),
+        shared_bytes: gateway::shared_bytes(inode),
+        generation: inode.generation,
     }
 }
 
@@ -43,8 +45,12 @@ fn volume(inode: &Inode) -> v1::Volume {
 fn status(err: GatewayError) -> Status {
     let message = err.to_string();
     let code = match &err {
-        GatewayError::NoSuchVolume { .. } => tonic::Code::NotFound,
-        GatewayError::VolumeExists { .. } => tonic::Code::AlreadyExists,
+        GatewayError::NoSuchVolume { .. } | GatewayError::NoSuchSnapshot { .. } => {
+            tonic::Code::NotFound
+        }
+        GatewayError::VolumeExists { .. } | GatewayError::SnapshotExists { .. } => {
+            tonic::Code::AlreadyExists
+        }
         GatewayError::InvalidVolume(_) => tonic::Code::InvalidArgument,
         GatewayError::OutOfRange { .. } => tonic::Code::OutOfRange,
         GatewayError::ReadOnly { .. } => tonic::Code::FailedPrecondition,
@@ -106,8 +112,10 @@ impl VolumeService for VolumeApi {
         &self,
         req: Request<v1::DeleteVolumeRequest>,
     ) -> Result<Response<v1::DeleteVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let tag = (!req.tag.is_empty()).then_some(req.tag.as_str());
         self.gateway
-            .delete_volume(&req.into_inner().name)
+            .delete_volume(&req.name, tag)
             .await
             .map_err(status)?;
         Ok(Response::new(v1::DeleteVolumeResponse {}))
@@ -135,7 +143,8 @@ impl VolumeService for VolumeApi {
             .list_volumes()
             .await
             .map_err(status)?
-            .iter()
+            .visible()
+            .into_iter()
             .map(volume)
             .collect();
         Ok(Response::new(v1::ListVolumesResponse { volumes }))
@@ -194,6 +203,45 @@ impl VolumeService for VolumeApi {
             self.gateway.flush().await.map_err(status)?;
         }
         Ok(Response::new(v1::WriteVolumeResponse {}))
+    }
+
+    async fn snapshot_volume(
+        &self,
+        req: Request<v1::SnapshotVolumeRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        let req = req.into_inner();
+        let inode = self
+            .gateway
+            .snapshot_volume(&req.name, &req.tag)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(volume(&inode)))
+    }
+
+    async fn clone_volume(
+        &self,
+        req: Request<v1::CloneVolumeRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        let req = req.into_inner();
+        let inode = self
+            .gateway
+            .clone_volume(&req.source, &req.tag, &req.name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(volume(&inode)))
+    }
+
+    async fn rollback_volume(
+        &self,
+        req: Request<v1::RollbackVolumeRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        let req = req.into_inner();
+        let inode = self
+            .gateway
+            .rollback_volume(&req.name, &req.tag)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(volume(&inode)))
     }
 }
 

@@ -34,9 +34,48 @@ pub enum VdiCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Delete a volume and free its space.
+    /// Delete a volume, or with `-s` one of its snapshots; frees every object nothing
+    /// reads any more.
     Delete {
+        /// Delete the snapshot with this tag instead of the volume.
+        #[arg(short = 's', long = "snapshot")]
+        tag: Option<String>,
         name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Take a read-only snapshot of a volume, e.g. `dog vdi snapshot -s before-upgrade vm1`.
+    /// It holds every write acknowledged before the command; the volume stays writable.
+    Snapshot {
+        /// Tag of the snapshot (default: the next free number).
+        #[arg(short = 's', long = "snapshot")]
+        tag: Option<String>,
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make a new writable volume from a snapshot, instantly, e.g.
+    /// `dog vdi clone -s golden base vm2`.
+    Clone {
+        /// Tag of the source snapshot.
+        #[arg(short = 's', long = "snapshot")]
+        tag: String,
+        source: String,
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Give a volume the content of one of its snapshots again; writes since are dropped.
+    Rollback {
+        /// Tag of the snapshot to go back to.
+        #[arg(short = 's', long = "snapshot")]
+        tag: String,
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show volumes, snapshots and clones as a tree.
+    Tree {
         #[command(flatten)]
         target: Target,
     },
@@ -107,13 +146,51 @@ pub async fn run(cmd: VdiCommand) -> anyhow::Result<()> {
                 .map_err(failed)?;
             show(&list.into_inner().volumes, target.json)
         }
-        VdiCommand::Delete { name, target } => {
-            let req = v1::DeleteVolumeRequest { name };
+        VdiCommand::Delete { tag, name, target } => {
+            let req = v1::DeleteVolumeRequest {
+                name,
+                tag: tag.unwrap_or_default(),
+            };
             volumes(&target)
                 .await?
                 .delete_volume(req)
                 .await
                 .map_err(failed)?;
+            Ok(())
+        }
+        VdiCommand::Snapshot { tag, name, target } => {
+            let req = v1::SnapshotVolumeRequest {
+                name,
+                tag: tag.unwrap_or_default(),
+            };
+            let mut client = volumes(&target).await?;
+            let vol = client.snapshot_volume(req).await.map_err(failed)?;
+            show(&[vol.into_inner()], target.json)
+        }
+        VdiCommand::Clone {
+            tag,
+            source,
+            name,
+            target,
+        } => {
+            let req = v1::CloneVolumeRequest { source, tag, name };
+            let mut client = volumes(&target).await?;
+            let vol = client.clone_volume(req).await.map_err(failed)?;
+            show(&[vol.into_inner()], target.json)
+        }
+        VdiCommand::Rollback { tag, name, target } => {
+            let req = v1::RollbackVolumeRequest { name, tag };
+            let mut client = volumes(&target).await?;
+            let vol = client.rollback_volume(req).await.map_err(failed)?;
+            show(&[vol.into_inner()], target.json)
+        }
+        VdiCommand::Tree { target } => {
+            let list = volumes(&target)
+                .await?
+                .list_volumes(v1::ListVolumesRequest {})
+                .await
+                .map_err(failed)?;
+            print!("{}", tree(&list.into_inner().volumes));
             Ok(())
         }
         VdiCommand::Resize { name, size, target } => {
@@ -231,8 +308,49 @@ struct VolumeRow<'a> {
     copies: u32,
     object_size: u32,
     snapshot: bool,
+    clone: bool,
     tag: &'a str,
+    parent_vid: u32,
     created: String,
+}
+
+/// Whether `v` is a clone: a writable volume whose parent is another volume's snapshot.
+fn is_clone(v: &v1::Volume, all: &[v1::Volume]) -> bool {
+    !v.snapshot
+        && all
+            .iter()
+            .any(|p| p.vid == v.parent_vid && p.name != v.name)
+}
+
+/// Volumes, snapshots and clones as an indented tree: children under their parent snapshot.
+fn tree(vols: &[v1::Volume]) -> String {
+    fn label(v: &v1::Volume) -> String {
+        let created =
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(v.ctime_ns));
+        if v.snapshot {
+            format!("{}@{} [{created}]", v.name, v.tag)
+        } else {
+            format!("{} (writable) [{created}]", v.name)
+        }
+    }
+    fn walk(v: &v1::Volume, vols: &[v1::Volume], prefix: &str, last: bool, out: &mut String) {
+        let branch = if last { "└─ " } else { "├─ " };
+        out.push_str(&format!("{prefix}{branch}{}\n", label(v)));
+        let children: Vec<&v1::Volume> = vols.iter().filter(|c| c.parent_vid == v.vid).collect();
+        let deeper = format!("{prefix}{}", if last { "   " } else { "│  " });
+        for (i, child) in children.iter().enumerate() {
+            walk(child, vols, &deeper, i + 1 == children.len(), out);
+        }
+    }
+    let mut out = String::new();
+    let roots: Vec<&v1::Volume> = vols
+        .iter()
+        .filter(|v| !vols.iter().any(|p| p.vid == v.parent_vid))
+        .collect();
+    for (i, root) in roots.iter().enumerate() {
+        walk(root, vols, "", i + 1 == roots.len(), &mut out);
+    }
+    out
 }
 
 fn show(vols: &[v1::Volume], json: bool) -> anyhow::Result<()> {
@@ -243,11 +361,13 @@ fn show(vols: &[v1::Volume], json: bool) -> anyhow::Result<()> {
             vid: v.vid,
             size: v.size,
             used: v.allocated_bytes,
-            shared: 0,
+            shared: v.shared_bytes,
             copies: v.copies,
             object_size: v.object_size,
             snapshot: v.snapshot,
+            clone: is_clone(v, vols),
             tag: &v.tag,
+            parent_vid: v.parent_vid,
             created: humantime::format_rfc3339_seconds(
                 UNIX_EPOCH + Duration::from_nanos(v.ctime_ns),
             )
@@ -258,22 +378,26 @@ fn show(vols: &[v1::Volume], json: bool) -> anyhow::Result<()> {
         return print_json(&rows);
     }
     println!(
-        "  {:<20} {:>4} {:>10} {:>10} {:>10} {:<20} {:>8} {:>6} Tag",
-        "Name", "Id", "Size", "Used", "Shared", "Creation time", "VDI id", "Copies"
+        "  {:<20} {:>4} {:>10} {:>10} {:>10} {:<20} {:>8} {:>6} Parent",
+        "Name", "Tag", "Size", "Used", "Shared", "Creation time", "VDI id", "Copies"
     );
     for r in rows {
-        let kind = if r.snapshot { 's' } else { ' ' };
+        let kind = match (r.snapshot, r.clone) {
+            (true, _) => 's',
+            (false, true) => 'c',
+            (false, false) => ' ',
+        };
         println!(
-            "{kind} {:<20} {:>4} {:>10} {:>10} {:>10} {:<20} {:>8x} {:>6} {}",
+            "{kind} {:<20} {:>4} {:>10} {:>10} {:>10} {:<20} {:>8x} {:>6} {:x}",
             r.name,
-            0,
+            if r.snapshot { r.tag } else { "" },
             size::format(r.size),
             size::format(r.used),
             size::format(r.shared),
             r.created,
             r.vid,
             r.copies,
-            r.tag
+            r.parent_vid
         );
     }
     Ok(())

@@ -7,14 +7,16 @@
 mod io;
 mod metadata_lock;
 mod replicas;
+mod snapshots;
 mod volumes;
 
 pub use replicas::Replicas;
 
+use crate::freeze::Freezer;
 use crate::peer::ReplicaError;
 use crate::store::StoreError;
 use sheepdog_model::inode::InodeError;
-use sheepdog_model::{ClusterMap, Inode, ObjectId};
+use sheepdog_model::{ClusterMap, Directory, Inode, ObjectId};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -25,6 +27,10 @@ pub enum GatewayError {
     NoSuchVolume { name: String },
     #[error("volume {name:?} already exists; pick another name or delete it first")]
     VolumeExists { name: String },
+    #[error("volume {name:?} has no snapshot tagged {tag:?}; `dog vdi list` shows the snapshots")]
+    NoSuchSnapshot { name: String, tag: String },
+    #[error("volume {name:?} already has a snapshot tagged {tag:?}; pick another tag")]
+    SnapshotExists { name: String, tag: String },
     #[error(transparent)]
     InvalidVolume(#[from] InodeError),
     #[error("range {offset}+{len} is past the end of volume {name:?} ({size} bytes)")]
@@ -64,10 +70,43 @@ pub enum GatewayError {
 
 pub type Result<T, E = GatewayError> = std::result::Result<T, E>;
 
-/// A volume as the gateway holds it: the inode, kept in step with its stored copy.
+/// A volume as the gateway holds it: the inode, kept in step with its stored copy. A working
+/// volume's handle follows it to a new vid when a snapshot or rollback replaces its inode.
 pub struct Volume {
     pub inode: RwLock<Inode>,
 }
+
+impl Volume {
+    pub fn new(inode: Inode) -> Self {
+        Self {
+            inode: RwLock::new(inode),
+        }
+    }
+
+    pub fn vid(&self) -> u32 {
+        self.inode.read().unwrap().vid
+    }
+
+    /// Takes a freshly read copy of the same inode. Table entries this gateway set to its own
+    /// vid are kept: a read racing a table update must not make a later write copy the
+    /// object again from its ancestor.
+    fn refresh(&self, mut fresh: Inode) {
+        let mut inode = self.inode.write().unwrap();
+        if fresh.vid != inode.vid {
+            *inode = fresh;
+            return;
+        }
+        for (entry, &mine) in fresh.data_vids.iter_mut().zip(&inode.data_vids) {
+            if mine == fresh.vid {
+                *entry = mine;
+            }
+        }
+        *inode = fresh;
+    }
+}
+
+/// Stripes of the locks that serialize copy-on-write of one object.
+const COW_STRIPES: usize = 64;
 
 /// The gateway of one node.
 pub struct Gateway {
@@ -76,12 +115,19 @@ pub struct Gateway {
     volumes: RwLock<HashMap<u32, Arc<Volume>>>,
     names: RwLock<HashMap<String, u32>>,
     metadata: metadata_lock::MetadataLock,
+    freezer: Arc<Freezer>,
+    cow_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Gateway {
     /// A gateway over `replicas`. Volumes are found in the cluster when first asked for.
     /// Metadata operations lock through `coordinator` when there is one.
-    pub fn new(replicas: Replicas, default_copies: u8, coordinator: Option<&str>) -> Self {
+    pub fn new(
+        replicas: Replicas,
+        default_copies: u8,
+        coordinator: Option<&str>,
+        freezer: Arc<Freezer>,
+    ) -> Self {
         let metadata = metadata_lock::MetadataLock::new(coordinator, replicas.self_id());
         Self {
             replicas,
@@ -89,6 +135,8 @@ impl Gateway {
             volumes: RwLock::default(),
             names: RwLock::default(),
             metadata,
+            freezer,
+            cow_locks: (0..COW_STRIPES).map(|_| Default::default()).collect(),
         }
     }
 
@@ -113,48 +161,62 @@ impl Gateway {
             })
     }
 
-    /// The volume called `name`, with its inode freshly read from its replicas (another
-    /// gateway may have written to it); looks through the whole cluster if it is not cached.
+    /// The volume called `name` (or the snapshot `name@tag`), with its inode freshly read
+    /// from its replicas (another gateway may have written to it).
     pub async fn open_volume(&self, name: &str) -> Result<Arc<Volume>> {
+        if let Some((name, tag)) = name.split_once('@') {
+            return self.open_snapshot(name, tag).await;
+        }
         let volume = match self.volume(name) {
             Ok(volume) => volume,
             Err(_) => {
-                self.load_volumes().await?;
+                self.load_directory().await?;
                 self.volume(name)?
             }
         };
+        let vid = volume.vid();
+        if let Some(change) = self.freezer.change(vid) {
+            self.follow(&volume, vid, change).await?;
+        }
         let (vid, copies) = {
             let inode = volume.inode.read().unwrap();
             (inode.vid, inode.copies)
         };
         match self.read_inode(ObjectId::inode(vid), copies).await {
-            Ok(fresh) => *volume.inode.write().unwrap() = fresh,
-            Err(GatewayError::InvalidVolume(InodeError::BadMagic)) => {
-                self.forget(vid);
-                return Err(GatewayError::NoSuchVolume {
-                    name: name.to_owned(),
-                });
+            Ok(fresh) if !fresh.snapshot && !fresh.deleted => volume.refresh(fresh),
+            Ok(_) | Err(GatewayError::InvalidVolume(InodeError::BadMagic)) => {
+                // Replaced or deleted by a gateway this one did not hear from.
+                let dir = self.load_directory().await?;
+                match dir.working(name) {
+                    Some(w) => self.retarget(&volume, w.clone()),
+                    None => {
+                        self.forget(vid);
+                        return Err(GatewayError::NoSuchVolume {
+                            name: name.to_owned(),
+                        });
+                    }
+                }
             }
             Err(e) => return Err(e),
         }
         Ok(volume)
     }
 
-    /// Every volume in the cluster, sorted by name.
-    pub async fn list_volumes(&self) -> Result<Vec<Inode>> {
-        self.load_volumes().await?;
-        Ok(self.inodes())
+    /// A read-only handle on the snapshot `name@tag`.
+    async fn open_snapshot(&self, name: &str, tag: &str) -> Result<Arc<Volume>> {
+        let dir = self.load_directory().await?;
+        let inode = dir
+            .snapshot(name, tag)
+            .ok_or_else(|| GatewayError::NoSuchSnapshot {
+                name: name.to_owned(),
+                tag: tag.to_owned(),
+            })?;
+        Ok(Arc::new(Volume::new(inode.clone())))
     }
 
-    /// Copies of every cached volume's inode, sorted by name.
-    pub fn inodes(&self) -> Vec<Inode> {
-        let volumes = self.volumes.read().unwrap();
-        let mut inodes: Vec<Inode> = volumes
-            .values()
-            .map(|v| v.inode.read().unwrap().clone())
-            .collect();
-        inodes.sort_by(|a, b| a.name.cmp(&b.name));
-        inodes
+    /// Every volume and snapshot of the cluster users see, sorted by name.
+    pub async fn list_volumes(&self) -> Result<Directory> {
+        self.load_directory().await
     }
 }
 
@@ -162,4 +224,14 @@ impl Gateway {
 pub fn allocated_bytes(inode: &Inode) -> u64 {
     let owned = inode.data_vids.iter().filter(|&&v| v == inode.vid).count() as u64;
     owned * u64::from(inode.object_size)
+}
+
+/// Bytes of objects a volume reads from its ancestors.
+pub fn shared_bytes(inode: &Inode) -> u64 {
+    let shared = inode
+        .data_vids
+        .iter()
+        .filter(|&&v| v != 0 && v != inode.vid)
+        .count() as u64;
+    shared * u64::from(inode.object_size)
 }

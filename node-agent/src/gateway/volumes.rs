@@ -1,16 +1,17 @@
-//! Volume metadata: create, delete, resize, and loading the stored inodes at start.
+//! Volume metadata: create, resize, the volume directory and the cache of open volumes.
 //!
-//! Metadata operations are serialized on this node by one lock. The inode is stored as the
-//! object `ObjectId::inode(vid)`: written whole (with FUA) when it is created or resized, and one
-//! 4-byte data-table entry at a time when an object is first written.
+//! Metadata operations are serialized cluster-wide by the metadata lock. The inode is stored
+//! as the object `ObjectId::inode(vid)`: written whole (with FUA) when it is created or
+//! changed, and one 4-byte data-table entry at a time when an object is first written.
+//! Snapshots, clones, rollback and delete are in `snapshots.rs`.
 
 use super::{Gateway, GatewayError, Result, Volume};
 use crate::store::ObjectSpec;
 use sheepdog_model::inode::{self, INODE_OBJECT_CAPACITY};
 use sheepdog_model::oid::MAX_VID;
-use sheepdog_model::{DEFAULT_OBJECT_SIZE, Inode, ObjectId};
+use sheepdog_model::{DEFAULT_OBJECT_SIZE, Directory, Inode, ObjectId};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 impl Gateway {
@@ -26,11 +27,6 @@ impl Gateway {
             .await
     }
 
-    /// Deletes a volume and every object it owns.
-    pub async fn delete_volume(&self, name: &str) -> Result<()> {
-        self.with_metadata_lock(self.delete_locked(name)).await
-    }
-
     /// Changes a volume's size; shrinking frees the objects past the new end.
     pub async fn resize_volume(&self, name: &str, size: u64) -> Result<Inode> {
         self.with_metadata_lock(self.resize_locked(name, size))
@@ -38,7 +34,10 @@ impl Gateway {
     }
 
     /// Runs a metadata operation under the cluster-wide lock, releasing it whatever the outcome.
-    async fn with_metadata_lock<T>(&self, operation: impl Future<Output = Result<T>>) -> Result<T> {
+    pub(super) async fn with_metadata_lock<T>(
+        &self,
+        operation: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let held = self.metadata.acquire().await?;
         let result = operation.await;
         self.metadata.release(held).await;
@@ -53,8 +52,8 @@ impl Gateway {
         object_size: u32,
     ) -> Result<Inode> {
         inode::validate_name(name)?;
-        self.load_volumes().await?;
-        if self.names.read().unwrap().contains_key(name) {
+        let dir = self.prepared_directory().await?;
+        if dir.working(name).is_some() {
             return Err(GatewayError::VolumeExists {
                 name: name.to_owned(),
             });
@@ -69,14 +68,15 @@ impl Gateway {
         } else {
             object_size
         };
-        let inode = Inode::new(
-            self.free_vid(name)?,
+        let mut inode = Inode::new(
+            free_vid(&dir, name)?,
             name,
             size,
             object_size,
             copies,
             now_ns(),
         )?;
+        inode.generation = dir.next_generation(name);
         self.store_inode(&inode).await?;
         tracing::info!(
             volume.name = name,
@@ -85,26 +85,8 @@ impl Gateway {
             copies,
             "created volume"
         );
-        self.insert(inode.clone());
+        self.cache(inode.clone());
         Ok(inode)
-    }
-
-    async fn delete_locked(&self, name: &str) -> Result<()> {
-        let inode = self.open_volume(name).await?.inode.read().unwrap().clone();
-        for (index, &owner) in inode.data_vids.iter().enumerate() {
-            if owner == inode.vid {
-                self.replicas
-                    .remove(ObjectId::data(inode.vid, index as u32), inode.copies)
-                    .await?;
-            }
-        }
-        self.replicas
-            .remove(ObjectId::inode(inode.vid), inode.copies)
-            .await?;
-        self.names.write().unwrap().remove(name);
-        self.volumes.write().unwrap().remove(&inode.vid);
-        tracing::info!(volume.name = name, vdi.id = inode.vid, "deleted volume");
-        Ok(())
     }
 
     async fn resize_locked(&self, name: &str, size: u64) -> Result<Inode> {
@@ -139,7 +121,7 @@ impl Gateway {
     }
 
     /// Writes the whole inode, header and data table, durably.
-    async fn store_inode(&self, inode: &Inode) -> Result<()> {
+    pub(super) async fn store_inode(&self, inode: &Inode) -> Result<()> {
         let oid = ObjectId::inode(inode.vid);
         let bytes = bytes::Bytes::from(inode.encode());
         self.replicas
@@ -194,47 +176,73 @@ impl Gateway {
         Ok(())
     }
 
-    /// The first unused vid after a hash of the name, so a name tends to keep its vid.
-    fn free_vid(&self, name: &str) -> Result<u32> {
-        let volumes = self.volumes.read().unwrap();
-        let start = (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) % u64::from(MAX_VID)) as u32;
-        (0..MAX_VID)
-            .map(|i| (start + i) % MAX_VID + 1)
-            .find(|vid| !volumes.contains_key(vid))
-            .ok_or(GatewayError::VidsExhausted)
-    }
-
-    fn insert(&self, inode: Inode) {
+    /// Caches a working volume, unless this vid is cached already.
+    pub(super) fn cache(&self, inode: Inode) {
+        let mut volumes = self.volumes.write().unwrap();
+        if volumes.contains_key(&inode.vid) {
+            return;
+        }
         self.names
             .write()
             .unwrap()
             .insert(inode.name.clone(), inode.vid);
-        let volume = Arc::new(Volume {
-            inode: RwLock::new(inode.clone()),
-        });
-        self.volumes.write().unwrap().insert(inode.vid, volume);
+        volumes.insert(inode.vid, Arc::new(Volume::new(inode)));
     }
 
-    /// Finds the inodes stored anywhere in the cluster and caches the volumes; forgets cached
-    /// volumes whose inode no longer exists.
-    pub(super) async fn load_volumes(&self) -> Result<()> {
-        let inodes = self.inode_objects().await;
-        let known: Vec<u32> = self.volumes.read().unwrap().keys().copied().collect();
-        for vid in known {
-            if !inodes.contains_key(&ObjectId::inode(vid)) {
-                self.forget(vid);
-            }
+    /// Points a cached volume at its new working inode (after a snapshot or rollback).
+    pub(super) fn retarget(&self, volume: &Volume, inode: Inode) {
+        let old = volume.vid();
+        let mut volumes = self.volumes.write().unwrap();
+        let arc = volumes
+            .get(&old)
+            .filter(|arc| std::ptr::eq(Arc::as_ptr(arc), volume))
+            .cloned();
+        if arc.is_some() {
+            volumes.remove(&old);
         }
-        for (oid, copies) in inodes {
-            if self.volumes.read().unwrap().contains_key(&oid.vid()) {
-                continue;
-            }
+        tracing::info!(volume.name = %inode.name, from = old, to = inode.vid, "volume moved to a new working vid");
+        self.names
+            .write()
+            .unwrap()
+            .insert(inode.name.clone(), inode.vid);
+        let new_vid = inode.vid;
+        *volume.inode.write().unwrap() = inode;
+        if let Some(arc) = arc {
+            volumes.entry(new_vid).or_insert(arc);
+        }
+    }
+
+    /// Reads every inode of the cluster and brings the cache of working volumes in step.
+    pub(super) async fn load_directory(&self) -> Result<Directory> {
+        let mut inodes = Vec::new();
+        for (oid, copies) in self.inode_objects().await {
             match self.read_inode(oid, copies).await {
-                Ok(inode) => self.insert(inode),
+                Ok(inode) => inodes.push(inode),
+                Err(GatewayError::InvalidVolume(inode::InodeError::BadMagic)) => {}
                 Err(e) => tracing::warn!(object = %oid, error = %e, "cannot read a volume's inode"),
             }
         }
-        Ok(())
+        let dir = Directory::new(inodes);
+        let cached: Vec<Arc<Volume>> = self.volumes.read().unwrap().values().cloned().collect();
+        for volume in cached {
+            let (vid, name) = {
+                let inode = volume.inode.read().unwrap();
+                (inode.vid, inode.name.clone())
+            };
+            match dir.working(&name) {
+                Some(w) if w.vid == vid => volume.refresh(w.clone()),
+                Some(w) if !self.volumes.read().unwrap().contains_key(&w.vid) => {
+                    self.retarget(&volume, w.clone())
+                }
+                _ => self.forget(vid),
+            }
+        }
+        for inode in dir.all().filter(|i| !i.snapshot && !i.deleted) {
+            if dir.working(&inode.name).is_some_and(|w| w.vid == inode.vid) {
+                self.cache(inode.clone());
+            }
+        }
+        Ok(dir)
     }
 
     /// Inode objects held by any reachable node, with their copies.
@@ -266,7 +274,10 @@ impl Gateway {
     pub(super) fn forget(&self, vid: u32) {
         if let Some(volume) = self.volumes.write().unwrap().remove(&vid) {
             let name = volume.inode.read().unwrap().name.clone();
-            self.names.write().unwrap().remove(&name);
+            let mut names = self.names.write().unwrap();
+            if names.get(&name) == Some(&vid) {
+                names.remove(&name);
+            }
         }
     }
 
@@ -286,7 +297,17 @@ impl Gateway {
     }
 }
 
-fn now_ns() -> u64 {
+/// The first vid after a hash of the name that nothing uses or references, so a name tends
+/// to keep its vid.
+pub(super) fn free_vid(dir: &Directory, name: &str) -> Result<u32> {
+    let start = (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) % u64::from(MAX_VID)) as u32;
+    (0..MAX_VID)
+        .map(|i| (start + i) % MAX_VID + 1)
+        .find(|&vid| !dir.vid_in_use(vid))
+        .ok_or(GatewayError::VidsExhausted)
+}
+
+pub(super) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)

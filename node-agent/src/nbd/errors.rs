@@ -12,9 +12,12 @@ pub fn errno(err: &GatewayError, kind: u16) -> u32 {
         GatewayError::OutOfRange { .. } if writes => ENOSPC,
         GatewayError::OutOfRange { .. } => EINVAL,
         GatewayError::ReadOnly { .. } => EPERM,
-        GatewayError::InvalidVolume(_) | GatewayError::VolumeExists { .. } => EINVAL,
+        GatewayError::InvalidVolume(_)
+        | GatewayError::VolumeExists { .. }
+        | GatewayError::SnapshotExists { .. } => EINVAL,
         GatewayError::VidsExhausted => ENOSPC,
         GatewayError::NoSuchVolume { .. }
+        | GatewayError::NoSuchSnapshot { .. }
         | GatewayError::NoReplicas { .. }
         | GatewayError::NotEnoughReplicas { .. }
         | GatewayError::Fenced

@@ -134,9 +134,15 @@ async fn list<S: AsyncWrite + Unpin>(
         )
         .await;
     }
-    for inode in gateway.list_volumes().await.unwrap_or_default() {
-        let mut entry = (inode.name.len() as u32).to_be_bytes().to_vec();
-        entry.extend_from_slice(inode.name.as_bytes());
+    let dir = gateway.list_volumes().await.unwrap_or_default();
+    for inode in dir.visible() {
+        let name = if inode.snapshot {
+            format!("{}@{}", inode.name, inode.tag)
+        } else {
+            inode.name.clone()
+        };
+        let mut entry = (name.len() as u32).to_be_bytes().to_vec();
+        entry.extend_from_slice(name.as_bytes());
         reply(stream, OPT_LIST, REP_SERVER, &entry).await?;
     }
     reply(stream, OPT_LIST, REP_ACK, &[]).await

@@ -1,6 +1,7 @@
 //! Clients to other nodes' peer services, one lazily connected channel per node.
 
 use super::{MAX_MESSAGE, ReplicaError};
+use crate::freeze::Change;
 use crate::store::ObjectSpec;
 use sheepdog_api::v1;
 use sheepdog_api::v1::peer_service_client::PeerServiceClient;
@@ -174,6 +175,29 @@ impl Peers {
                 .await,
         )
         .map(drop)
+    }
+
+    pub async fn freeze(&self, node: &NodeInfo, vid: u32, ttl: Duration) -> Reply<()> {
+        let req = v1::FreezeVolumeRequest {
+            vid,
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        answer(node, self.client(node)?.freeze_volume(req).await).map(drop)
+    }
+
+    pub async fn thaw(&self, node: &NodeInfo, vid: u32, change: Option<Change>) -> Reply<()> {
+        use v1::thaw_volume_request::Outcome;
+        let (outcome, successor_vid) = match change {
+            None | Some(Change::Unknown) => (Outcome::Unchanged, 0),
+            Some(Change::Replaced(vid)) => (Outcome::Replaced, vid),
+            Some(Change::Deleted) => (Outcome::Deleted, 0),
+        };
+        let req = v1::ThawVolumeRequest {
+            vid,
+            outcome: outcome as i32,
+            successor_vid,
+        };
+        answer(node, self.client(node)?.thaw_volume(req).await).map(drop)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::ReplicaError;
 use crate::cluster::{ClusterView, Epoch};
+use crate::freeze::{Change, Freezer};
 use crate::local::Local;
 use crate::store::ObjectSpec;
 use sheepdog_api::v1;
@@ -13,6 +14,7 @@ use tonic::{Request, Response, Status};
 pub struct PeerApi {
     pub view: Arc<ClusterView>,
     pub local: Arc<Local>,
+    pub freezer: Arc<Freezer>,
 }
 
 impl PeerApi {
@@ -228,5 +230,30 @@ impl PeerService for PeerApi {
     ) -> Result<Response<v1::PushMapResponse>, Status> {
         self.view.adopt(ClusterMap::from(req.into_inner()));
         Ok(Response::new(v1::PushMapResponse {}))
+    }
+
+    async fn freeze_volume(
+        &self,
+        req: Request<v1::FreezeVolumeRequest>,
+    ) -> Result<Response<v1::FreezeVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let ttl = std::time::Duration::from_millis(req.ttl_ms.clamp(1, 300_000));
+        self.freezer.freeze(req.vid, ttl).await;
+        Ok(Response::new(v1::FreezeVolumeResponse {}))
+    }
+
+    async fn thaw_volume(
+        &self,
+        req: Request<v1::ThawVolumeRequest>,
+    ) -> Result<Response<v1::ThawVolumeResponse>, Status> {
+        use v1::thaw_volume_request::Outcome;
+        let req = req.into_inner();
+        let change = match req.outcome() {
+            Outcome::Unchanged => None,
+            Outcome::Replaced => Some(Change::Replaced(req.successor_vid)),
+            Outcome::Deleted => Some(Change::Deleted),
+        };
+        self.freezer.thaw(req.vid, change);
+        Ok(Response::new(v1::ThawVolumeResponse {}))
     }
 }

@@ -1,0 +1,443 @@
+//! Snapshots, clones, rollback and delete: copy-on-write at object granularity.
+//!
+//! Every operation runs under the cluster-wide metadata lock, on a directory of every inode
+//! read after taking it. Each has one commit point, a single durable inode write:
+//!
+//! - snapshot: the tag is stamped on the working inode, then the new working inode (next
+//!   generation, parent = the old one, a copy of its table) is written: that is the commit;
+//!   then the old inode is flagged a snapshot.
+//! - rollback: the new working inode (next generation, a copy of the snapshot's table) is the
+//!   commit; then the old working inode is deleted.
+//! - clone: writing the clone's inode.
+//! - delete: flagging the inode deleted; objects nothing reads are then freed.
+//!
+//! An operation interrupted after its commit point is finished by the next one
+//! ([`Directory::repairs`]). Writes to the working volume are frozen on every node of the
+//! cluster across a snapshot, rollback or delete, so that the snapshot holds exactly the
+//! writes acknowledged before it.
+
+use super::volumes::{free_vid, now_ns};
+use super::{Gateway, GatewayError, Result, Volume};
+use crate::freeze::Change;
+use sheepdog_model::directory::Repair;
+use sheepdog_model::inode;
+use sheepdog_model::{Directory, Inode, ObjectId};
+use std::time::{Duration, Instant};
+
+/// How long a freeze lasts if the gateway that took it dies before thawing.
+const FREEZE_TTL: Duration = Duration::from_secs(30);
+/// How long a metadata operation tries to freeze a volume on every node.
+const FREEZE_WAIT: Duration = Duration::from_secs(20);
+
+impl Gateway {
+    /// Snapshots the working volume `name` as `tag` (empty: the next free number). Returns the
+    /// snapshot.
+    pub async fn snapshot_volume(&self, name: &str, tag: &str) -> Result<Inode> {
+        self.with_metadata_lock(self.snapshot_locked(name, tag))
+            .await
+    }
+
+    /// A new writable volume `name` from the snapshot `source@tag`, sharing all its objects.
+    pub async fn clone_volume(&self, source: &str, tag: &str, name: &str) -> Result<Inode> {
+        self.with_metadata_lock(self.clone_locked(source, tag, name))
+            .await
+    }
+
+    /// Gives the volume `name` the content of its snapshot `tag` again. Returns the new
+    /// working inode.
+    pub async fn rollback_volume(&self, name: &str, tag: &str) -> Result<Inode> {
+        self.with_metadata_lock(self.rollback_locked(name, tag))
+            .await
+    }
+
+    /// Deletes the volume `name`, or its snapshot `tag` when one is given, and frees every
+    /// object that nothing reads any more.
+    pub async fn delete_volume(&self, name: &str, tag: Option<&str>) -> Result<()> {
+        self.with_metadata_lock(self.delete_locked(name, tag)).await
+    }
+
+    /// The directory, with the work of any interrupted operation finished first.
+    pub(super) async fn prepared_directory(&self) -> Result<Directory> {
+        let dir = self.load_directory().await?;
+        let repairs = dir.repairs();
+        if repairs.is_empty() {
+            return Ok(dir);
+        }
+        for repair in repairs {
+            let vid = match repair {
+                Repair::FinishSnapshot(vid) | Repair::Delete(vid) => vid,
+            };
+            let Some(mut inode) = dir.get(vid).cloned() else {
+                continue;
+            };
+            match repair {
+                Repair::FinishSnapshot(_) => inode.snapshot = true,
+                Repair::Delete(_) => inode.deleted = true,
+            }
+            tracing::warn!(vdi.id = vid, repair = ?repair, "finishing an interrupted volume operation");
+            self.store_inode(&inode).await?;
+        }
+        self.collect_garbage().await?;
+        self.load_directory().await
+    }
+
+    async fn snapshot_locked(&self, name: &str, tag: &str) -> Result<Inode> {
+        let dir = self.prepared_directory().await?;
+        let working = dir.working(name).ok_or_else(|| no_volume(name))?;
+        let tag = if tag.is_empty() {
+            next_tag(&dir, name)
+        } else {
+            tag.to_owned()
+        };
+        validate_tag(&tag)?;
+        if dir.snapshot(name, &tag).is_some() {
+            let name = name.to_owned();
+            return Err(GatewayError::SnapshotExists { name, tag });
+        }
+        let (old_vid, copies) = (working.vid, working.copies);
+        let new_vid = free_vid(&dir, name)?;
+        let generation = dir.next_generation(name);
+        let started = Instant::now();
+        self.freeze_everywhere(old_vid).await?;
+        // Writes are drained: this read has every acknowledged write's table entry.
+        let result = async {
+            let mut snapshot = self.read_inode(ObjectId::inode(old_vid), copies).await?;
+            snapshot.tag = tag.clone();
+            snapshot.ctime_ns = now_ns();
+            self.store_inode(&snapshot).await?;
+            let mut next = snapshot.clone();
+            next.vid = new_vid;
+            next.parent_vid = old_vid;
+            next.generation = generation;
+            next.ctime_ns = now_ns();
+            next.tag.clear();
+            self.commit(&next).await?;
+            Ok((snapshot, next))
+        }
+        .await;
+        let (mut snapshot, next) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                self.thaw_everywhere(old_vid, None).await;
+                return Err(e);
+            }
+        };
+        self.move_local(old_vid, &next);
+        self.thaw_everywhere(old_vid, Some(Change::Replaced(new_vid)))
+            .await;
+        snapshot.snapshot = true;
+        self.store_inode(&snapshot).await?;
+        tracing::info!(
+            volume.name = name,
+            tag,
+            snapshot.vid = old_vid,
+            vdi.id = new_vid,
+            frozen_ms = started.elapsed().as_millis() as u64,
+            "took a snapshot"
+        );
+        Ok(snapshot)
+    }
+
+    async fn clone_locked(&self, source: &str, tag: &str, name: &str) -> Result<Inode> {
+        inode::validate_name(name)?;
+        let dir = self.prepared_directory().await?;
+        let snapshot = dir
+            .snapshot(source, tag)
+            .ok_or_else(|| no_snapshot(source, tag))?;
+        if dir.working(name).is_some() {
+            return Err(GatewayError::VolumeExists {
+                name: name.to_owned(),
+            });
+        }
+        let mut clone = snapshot.clone();
+        clone.vid = free_vid(&dir, name)?;
+        clone.name = name.to_owned();
+        clone.snapshot = false;
+        clone.tag.clear();
+        clone.parent_vid = snapshot.vid;
+        clone.generation = dir.next_generation(name);
+        clone.ctime_ns = now_ns();
+        self.commit(&clone).await?;
+        tracing::info!(
+            volume.name = name,
+            source,
+            tag,
+            vdi.id = clone.vid,
+            "cloned a snapshot"
+        );
+        self.cache(clone.clone());
+        Ok(clone)
+    }
+
+    async fn rollback_locked(&self, name: &str, tag: &str) -> Result<Inode> {
+        let dir = self.prepared_directory().await?;
+        let snapshot = dir
+            .snapshot(name, tag)
+            .ok_or_else(|| no_snapshot(name, tag))?;
+        let old = dir.working(name).map(|w| w.vid);
+        let mut next = snapshot.clone();
+        next.vid = free_vid(&dir, name)?;
+        next.snapshot = false;
+        next.tag.clear();
+        next.parent_vid = snapshot.vid;
+        next.generation = dir.next_generation(name);
+        next.ctime_ns = now_ns();
+        if let Some(old) = old {
+            self.freeze_everywhere(old).await?;
+        }
+        if let Err(e) = self.commit(&next).await {
+            if let Some(old) = old {
+                self.thaw_everywhere(old, None).await;
+            }
+            return Err(e);
+        }
+        if let Some(old) = old {
+            self.move_local(old, &next);
+            self.thaw_everywhere(old, Some(Change::Replaced(next.vid)))
+                .await;
+            self.mark_deleted(&dir, old).await?;
+            self.collect_garbage().await?;
+        } else {
+            self.cache(next.clone());
+        }
+        tracing::info!(volume.name = name, tag, vdi.id = next.vid, "rolled back");
+        Ok(next)
+    }
+
+    async fn delete_locked(&self, name: &str, tag: Option<&str>) -> Result<()> {
+        let dir = self.prepared_directory().await?;
+        match tag {
+            Some(tag) => {
+                let snapshot = dir
+                    .snapshot(name, tag)
+                    .ok_or_else(|| no_snapshot(name, tag))?;
+                self.mark_deleted(&dir, snapshot.vid).await?;
+            }
+            None => {
+                let vid = dir.working(name).ok_or_else(|| no_volume(name))?.vid;
+                self.freeze_everywhere(vid).await?;
+                if let Err(e) = self.mark_deleted(&dir, vid).await {
+                    self.thaw_everywhere(vid, None).await;
+                    return Err(e);
+                }
+                self.forget(vid);
+                self.thaw_everywhere(vid, Some(Change::Deleted)).await;
+            }
+        }
+        tracing::info!(volume.name = name, tag, "deleted");
+        self.collect_garbage().await
+    }
+
+    /// Writes a new inode that commits an operation; if the write fails, removes what may
+    /// have reached some replicas, so that the operation leaves nothing behind.
+    async fn commit(&self, inode: &Inode) -> Result<()> {
+        if let Err(e) = self.store_inode(inode).await {
+            let oid = ObjectId::inode(inode.vid);
+            if let Err(undo) = self.replicas.remove(oid, inode.copies).await {
+                tracing::error!(object = %oid, error = %undo, "cannot remove the inode of a failed operation; the next operation finishes or undoes it");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn mark_deleted(&self, dir: &Directory, vid: u32) -> Result<()> {
+        let Some(inode) = dir.get(vid) else {
+            return Ok(());
+        };
+        let mut inode = self.read_inode(ObjectId::inode(vid), inode.copies).await?;
+        inode.deleted = true;
+        self.store_inode(&inode).await
+    }
+
+    /// Frees the objects of deleted inodes that nothing reads, then the inodes themselves.
+    async fn collect_garbage(&self) -> Result<()> {
+        let dir = self.load_directory().await?;
+        let garbage = dir.garbage();
+        for &oid in &garbage.objects {
+            let copies = dir.get(oid.vid()).map_or(1, |i| i.copies);
+            self.replicas.remove(oid, copies).await?;
+        }
+        for &vid in &garbage.inodes {
+            if let Some(inode) = dir.get(vid) {
+                self.replicas
+                    .remove(ObjectId::inode(vid), inode.copies)
+                    .await?;
+            }
+        }
+        // Deleted inodes that stay (some objects are still read) forget the freed ones.
+        for inode in dir
+            .all()
+            .filter(|i| i.deleted && !garbage.inodes.contains(&i.vid))
+        {
+            let mut kept = inode.clone();
+            let mut changed = false;
+            for (index, entry) in kept.data_vids.iter_mut().enumerate() {
+                if *entry == kept.vid
+                    && garbage
+                        .objects
+                        .contains(&ObjectId::data(kept.vid, index as u32))
+                {
+                    *entry = 0;
+                    changed = true;
+                }
+            }
+            if changed {
+                self.store_inode(&kept).await?;
+            }
+        }
+        if !garbage.objects.is_empty() || !garbage.inodes.is_empty() {
+            tracing::info!(
+                objects = garbage.objects.len(),
+                inodes = garbage.inodes.len(),
+                "freed objects nothing reads any more"
+            );
+        }
+        Ok(())
+    }
+
+    /// Points this node's handle of the volume at its new working inode.
+    fn move_local(&self, old_vid: u32, next: &Inode) {
+        let cached = self.volumes.read().unwrap().get(&old_vid).cloned();
+        match cached {
+            Some(volume) => self.retarget(&volume, next.clone()),
+            None => self.cache(next.clone()),
+        }
+    }
+
+    /// Freezes writes to `vid` on every node of the cluster. A node that does not answer is
+    /// retried until it answers or leaves the cluster map (then it is fenced and cannot
+    /// write); if that takes too long the operation fails and the volume is thawed.
+    async fn freeze_everywhere(&self, vid: u32) -> Result<()> {
+        let deadline = Instant::now() + FREEZE_WAIT;
+        let nodes = self.replicas.view().current().map.nodes.clone();
+        let mut frozen = Vec::new();
+        for node in nodes {
+            let result = loop {
+                let attempt = if node.id == self.replicas.self_id() {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(wait, self.freezer.freeze(vid, FREEZE_TTL))
+                        .await
+                        .map_err(|_| "writes in flight on this node did not finish".to_string())
+                } else {
+                    self.replicas
+                        .peers()
+                        .freeze(&node, vid, FREEZE_TTL)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                match attempt {
+                    Ok(()) => break Ok(true),
+                    Err(_)
+                        if !self
+                            .replicas
+                            .view()
+                            .current()
+                            .map
+                            .nodes
+                            .iter()
+                            .any(|n| n.id == node.id) =>
+                    {
+                        break Ok(false);
+                    }
+                    Err(reason) if Instant::now() >= deadline => break Err(reason),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            match result {
+                Ok(true) => frozen.push(node),
+                Ok(false) => {}
+                Err(reason) => {
+                    for node in &frozen {
+                        self.thaw_node(node, vid, None).await;
+                    }
+                    return Err(GatewayError::TimedOut {
+                        what: format!("freezing writes to vid {vid} on node {}", node.id),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn thaw_everywhere(&self, vid: u32, change: Option<Change>) {
+        let nodes = self.replicas.view().current().map.nodes.clone();
+        for node in &nodes {
+            self.thaw_node(node, vid, change).await;
+        }
+        if !nodes.iter().any(|n| n.id == self.replicas.self_id()) {
+            self.freezer.thaw(vid, change);
+        }
+    }
+
+    async fn thaw_node(&self, node: &sheepdog_model::NodeInfo, vid: u32, change: Option<Change>) {
+        if node.id == self.replicas.self_id() {
+            self.freezer.thaw(vid, change);
+        } else if let Err(e) = self.replicas.peers().thaw(node, vid, change).await {
+            tracing::warn!(node.id = %node.id, vdi.id = vid, error = %e, "cannot thaw a volume on a node; its freeze expires by itself");
+        }
+    }
+
+    /// Moves a working volume's handle to what replaced its vid. A successor that is gone
+    /// already (a later rollback or delete) or a freeze that expired means a look-up by name.
+    pub(super) async fn follow(&self, volume: &Volume, vid: u32, change: Change) -> Result<()> {
+        let (name, copies) = {
+            let inode = volume.inode.read().unwrap();
+            (inode.name.clone(), inode.copies)
+        };
+        let successor = match change {
+            Change::Deleted => return Err(no_volume(&name)),
+            Change::Replaced(next) => self
+                .read_inode(ObjectId::inode(next), copies)
+                .await
+                .ok()
+                .filter(|i| !i.snapshot && !i.deleted),
+            Change::Unknown => None,
+        };
+        let inode = match successor {
+            Some(inode) => inode,
+            None => {
+                let dir = self.load_directory().await?;
+                dir.working(&name).cloned().ok_or_else(|| no_volume(&name))?
+            }
+        };
+        if inode.vid == vid {
+            self.freezer.clear(vid);
+        } else {
+            self.retarget(volume, inode);
+        }
+        Ok(())
+    }
+}
+
+/// The first of `1`, `2`, ... that no snapshot of `name` has as its tag.
+fn next_tag(dir: &Directory, name: &str) -> String {
+    (1u64..)
+        .map(|n| n.to_string())
+        .find(|tag| dir.snapshot(name, tag).is_none())
+        .expect("a free number")
+}
+
+/// Tags follow the rules of names.
+fn validate_tag(tag: &str) -> Result<()> {
+    inode::validate_name(tag).map_err(|_| {
+        GatewayError::InvalidVolume(inode::InodeError::InvalidName {
+            name: tag.to_owned(),
+            reason: "a snapshot tag must be 1 to 256 printable bytes without '@' or '/'",
+        })
+    })
+}
+
+fn no_volume(name: &str) -> GatewayError {
+    GatewayError::NoSuchVolume {
+        name: name.to_owned(),
+    }
+}
+
+fn no_snapshot(name: &str, tag: &str) -> GatewayError {
+    GatewayError::NoSuchSnapshot {
+        name: name.to_owned(),
+        tag: tag.to_owned(),
+    }
+}
