@@ -319,6 +319,7 @@ mod tests {
         object[8192] = 1;
         object[40000] = 1;
         assert_eq!(nonzero_runs(&object), vec![4096..12288, 36864..40960]);
+        object.resize(4 << 20, 0);
         for i in (0..object.len()).step_by(8192) {
             object[i] = 1;
         }
