@@ -149,6 +149,14 @@ impl Gateway {
     /// rollback replaced it.
     async fn enter(&self, volume: &Volume) -> Result<Entered> {
         loop {
+            {
+                // A snapshot's handle never follows its old working volume.
+                let inode = volume.inode.read().unwrap();
+                if inode.snapshot {
+                    let name = inode.name.clone();
+                    return Err(GatewayError::ReadOnly { name });
+                }
+            }
             let vid = volume.vid();
             match self.freezer.enter(vid).await {
                 Ok(entered) if volume.vid() == vid => return Ok(entered),

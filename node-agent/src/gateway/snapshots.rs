@@ -399,7 +399,9 @@ impl Gateway {
             Some(inode) => inode,
             None => {
                 let dir = self.load_directory().await?;
-                dir.working(&name).cloned().ok_or_else(|| no_volume(&name))?
+                dir.working(&name)
+                    .cloned()
+                    .ok_or_else(|| no_volume(&name))?
             }
         };
         if inode.vid == vid {
