@@ -35,6 +35,7 @@ bench:
 	bench/nbd-vs-qemu-nbd.sh | tee bench/results/one-node.txt
 	NODES=3 COPIES=3 bench/nbd-vs-qemu-nbd.sh | tee bench/results/three-copies.txt
 	bench/recovery.sh | tee bench/results/recovery.txt
+	bench/snapshots.sh | tee bench/results/snapshots.txt
 	bench/aggregate.py | tee bench/results/aggregate.txt
 	bench/plot.py   # needs matplotlib: pip install matplotlib
 
