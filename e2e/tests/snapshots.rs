@@ -420,6 +420,13 @@ fn snapshots_clones_and_deletes_during_a_node_kill_complete_or_leave_nothing() {
         "most operations go through: {outcomes:?}"
     );
     assert_same(&saved, &cluster.nbd_uri_on(2, "vm"));
+    // Recovery carries the snapshots and clones: every replica is back on the live nodes.
+    wait_for("dog cluster check to pass", Duration::from_secs(60), || {
+        run(&mut cluster.dog(&["cluster", "check"]))
+            .status
+            .success()
+            .then_some(())
+    });
 
     // Deletes while node 2 is killed.
     let dog = sheepdog_e2e::bin_dir().join("dog");
@@ -479,4 +486,63 @@ fn snapshots_clones_and_deletes_during_a_node_kill_complete_or_leave_nothing() {
         Duration::from_secs(30),
         || (stored_objects(&cluster) == 0).then_some(()),
     );
+}
+
+#[test]
+fn bad_snapshot_requests_get_clear_errors_and_change_nothing() {
+    let cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
+    cluster.create("vm", "16M");
+    qemu_io(&cluster.nbd_uri_on(0, "vm"), &["write -P 0x44 0 5M"]);
+    ok(&mut cluster.dog(&["vdi", "snapshot", "-s", "one", "vm"]));
+    cluster.create("other", "16M");
+    let objects = stored_objects(&cluster);
+    let refused = |args: &[&str], says: &str| {
+        let out = run(&mut cluster.dog_on(1, args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "dog {args:?} should fail saying {says:?}: {stderr}"
+        );
+    };
+    refused(&["vdi", "snapshot", "-s", "a@b", "vm"], "snapshot tag");
+    refused(
+        &["vdi", "snapshot", "-s", "one", "vm"],
+        "already has a snapshot",
+    );
+    refused(&["vdi", "snapshot", "nope"], "does not exist");
+    refused(
+        &["vdi", "clone", "-s", "two", "vm", "c"],
+        "no snapshot tagged",
+    );
+    refused(
+        &["vdi", "clone", "-s", "one", "vm", "other"],
+        "already exists",
+    );
+    refused(
+        &["vdi", "clone", "-s", "one", "vm", "bad/name"],
+        "invalid volume name",
+    );
+    refused(
+        &["vdi", "rollback", "-s", "two", "vm"],
+        "no snapshot tagged",
+    );
+    refused(&["vdi", "delete", "-s", "two", "vm"], "no snapshot tagged");
+    let zeros = std::fs::File::open("/dev/zero").unwrap();
+    let out = run(cluster
+        .dog(&["vdi", "write", "vm@one", "0", "4096"])
+        .stdin(zeros));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("read-only"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stored_objects(&cluster),
+        objects,
+        "refused requests store nothing"
+    );
+    assert_eq!(listed(&cluster), vec!["other", "vm@one", "vm"]);
+    // Reads of a snapshot work through gRPC too.
+    let out = run(&mut cluster.dog(&["vdi", "read", "vm@one", "0", "4096"]));
+    assert!(out.status.success() && out.stdout == vec![0x44; 4096]);
 }
