@@ -163,6 +163,8 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         );
     tonic::transport::Server::builder()
         .accept_http1(true)
+        .initial_stream_window_size(Some(peer::WINDOW))
+        .initial_connection_window_size(Some(4 * peer::WINDOW))
         .add_routes(tonic::service::Routes::from(routes))
         .serve_with_incoming_shutdown(nodelay(grpc), shutdown_signal())
         .await

@@ -265,10 +265,13 @@ impl Replicas {
                     need,
                 });
             }
-            let targets: Vec<&NodeInfo> = set
+            let mut targets: Vec<&NodeInfo> = set
                 .into_iter()
                 .filter(|n| !applied.contains(&n.id))
                 .collect();
+            // Remote requests first: they are on the wire while this node writes its own
+            // copy (small local writes complete inline, on the first poll).
+            targets.sort_by_key(|n| n.id == self.self_id());
             let results = futures::future::join_all(
                 targets
                     .iter()

@@ -35,7 +35,9 @@ impl Peers {
             })?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(super::WINDOW))
+            .initial_connection_window_size(Some(4 * super::WINDOW));
         let client = PeerServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);

@@ -13,6 +13,9 @@ use crate::store::StoreError;
 pub const EPOCH_METADATA: &str = "sheepdog-epoch";
 /// Largest peer message: a whole 64 MiB object plus its envelope.
 pub const MAX_MESSAGE: usize = 80 << 20;
+/// HTTP/2 flow-control window of one peer stream: a whole object and more, so that replica
+/// traffic does not wait for window updates.
+pub const WINDOW: u32 = 8 << 20;
 
 /// How one replica failed an operation, classified for the gateway's retry logic.
 #[derive(Debug, Clone, thiserror::Error)]
