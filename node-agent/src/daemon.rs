@@ -134,13 +134,14 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         gateway: gateway.clone(),
         recovery: recovery.clone(),
     });
-    let peer = PeerServiceServer::new(PeerApi {
+    let peer_api = Arc::new(PeerApi {
         view: view.clone(),
         local,
         freezer,
-    })
-    .max_decoding_message_size(peer::MAX_MESSAGE)
-    .max_encoding_message_size(peer::MAX_MESSAGE);
+    });
+    let peer = PeerServiceServer::from_arc(peer_api.clone())
+        .max_decoding_message_size(peer::MAX_MESSAGE)
+        .max_encoding_message_size(peer::MAX_MESSAGE);
     let scrape = {
         let (metrics, view, store, recovery) = (
             metrics.clone(),
@@ -166,7 +167,7 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         .initial_stream_window_size(Some(peer::WINDOW))
         .initial_connection_window_size(Some(4 * peer::WINDOW))
         .add_routes(tonic::service::Routes::from(routes))
-        .serve_with_incoming_shutdown(nodelay(grpc), shutdown_signal())
+        .serve_with_incoming_shutdown(peer::listener::split(grpc, peer_api), shutdown_signal())
         .await
         .context("gRPC server failed")?;
 
@@ -174,19 +175,6 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
     store.flush()?;
     let _ = std::fs::remove_file(config.nbd_socket(&dir));
     Ok(())
-}
-
-/// Accepted gRPC connections with Nagle's algorithm off: replica requests are small and
-/// latency-bound, and Nagle plus delayed ACKs would add 40 ms stalls.
-fn nodelay(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }
 
 /// Updates the gauges that are read from state rather than counted.

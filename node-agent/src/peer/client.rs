@@ -1,12 +1,16 @@
 //! Clients to other nodes' peer services, one lazily connected channel per node.
 
+use super::frame_client::Connection;
+use super::frames::{Op, Request};
 use super::{MAX_MESSAGE, ReplicaError};
 use crate::freeze::Change;
 use crate::store::ObjectSpec;
+use bytes::Bytes;
 use sheepdog_api::v1;
 use sheepdog_api::v1::peer_service_client::PeerServiceClient;
 use sheepdog_model::{ClusterMap, NodeInfo, ObjectId};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -18,6 +22,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Default)]
 pub struct Peers {
     clients: Mutex<HashMap<String, PeerServiceClient<Channel>>>,
+    /// Replica data channel connections (object reads and writes), by peer address.
+    frames: Mutex<HashMap<String, Arc<Connection>>>,
 }
 
 type Reply<T> = Result<T, ReplicaError>;
@@ -45,6 +51,38 @@ impl Peers {
         Ok(client)
     }
 
+    /// The data-channel connection to `node`, opened if there is none or it broke.
+    async fn connection(&self, node: &NodeInfo) -> Reply<Arc<Connection>> {
+        let existing = self.frames.lock().unwrap().get(&node.peer_addr).cloned();
+        if let Some(conn) = existing.filter(|c| !c.is_broken()) {
+            return Ok(conn);
+        }
+        let conn = Connection::open(&node.peer_addr, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| ReplicaError::Unreachable {
+                node: node.id.clone(),
+                reason: format!("cannot connect to {}: {e}", node.peer_addr),
+            })?;
+        self.frames
+            .lock()
+            .unwrap()
+            .insert(node.peer_addr.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    /// One request on the data channel; the reply's body, or the error it carries.
+    async fn frame(&self, node: &NodeInfo, request: Request, payload: &Bytes) -> Reply<Bytes> {
+        let conn = self.connection(node).await?;
+        let (reply, body) = conn
+            .call(&node.id, request, payload, REQUEST_TIMEOUT)
+            .await?;
+        let message = || String::from_utf8_lossy(&body).into_owned();
+        match reply.status.error(&node.id, reply.epoch, message()) {
+            Some(e) => Err(e),
+            None => Ok(body),
+        }
+    }
+
     pub async fn read(
         &self,
         node: &NodeInfo,
@@ -53,14 +91,19 @@ impl Peers {
         offset: u64,
         length: u32,
     ) -> Reply<Vec<u8>> {
-        let req = v1::ReadObjectRequest {
+        let request = Request {
+            op: Op::Read,
+            fua: false,
+            copies: 0,
+            id: 0,
             epoch,
             oid: oid.raw(),
             offset,
+            capacity: 0,
             length,
         };
-        let resp = self.client(node)?.read_object(req).await;
-        Ok(answer(node, resp)?.data.into())
+        let data = self.frame(node, request, &Bytes::new()).await?;
+        Ok(data.into())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -71,19 +114,21 @@ impl Peers {
         oid: ObjectId,
         spec: ObjectSpec,
         offset: u64,
-        data: bytes::Bytes,
+        data: Bytes,
         fua: bool,
     ) -> Reply<()> {
-        let req = v1::WriteObjectRequest {
+        let request = Request {
+            op: Op::Write,
+            fua,
+            copies: spec.copies,
+            id: 0,
             epoch,
             oid: oid.raw(),
-            capacity: spec.capacity,
-            copies: u32::from(spec.copies),
             offset,
-            data,
-            fua,
+            capacity: spec.capacity,
+            length: data.len() as u32,
         };
-        answer(node, self.client(node)?.write_object(req).await).map(drop)
+        self.frame(node, request, &data).await.map(drop)
     }
 
     pub async fn zero(

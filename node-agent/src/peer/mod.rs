@@ -1,7 +1,12 @@
 //! The peer service between sheep nodes: replica I/O, object listing and fetching for
-//! recovery, and map exchange. Every replica request carries the sender's epoch.
+//! recovery, and map exchange. Every replica request carries the sender's epoch. Object
+//! reads and writes use the replica data channel (`frames`); the rest is gRPC.
 
 mod client;
+mod frame_client;
+mod frame_server;
+pub mod frames;
+pub mod listener;
 mod server;
 
 pub use client::Peers;

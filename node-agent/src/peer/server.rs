@@ -1,10 +1,12 @@
 //! The peer service: replica requests from other nodes' gateways and recovery.
 
 use super::ReplicaError;
+use super::frames::Request as FrameRequest;
 use crate::cluster::{ClusterView, Epoch};
 use crate::freeze::{Change, Freezer};
 use crate::local::Local;
 use crate::store::ObjectSpec;
+use bytes::Bytes;
 use sheepdog_api::v1;
 use sheepdog_api::v1::peer_service_server::PeerService;
 use sheepdog_model::{ClusterMap, ObjectId};
@@ -20,20 +22,55 @@ pub struct PeerApi {
 impl PeerApi {
     /// The current epoch if the request is for it and this node holds a live lease.
     fn admit(&self, epoch: u64) -> Result<Arc<Epoch>, Status> {
+        self.admit_replica(epoch)
+            .map_err(|e| e.to_status(self.view.epoch()))
+    }
+
+    fn admit_replica(&self, epoch: u64) -> Result<Arc<Epoch>, ReplicaError> {
         let current = self.view.current();
+        let node = self.view.self_id();
         if epoch != current.epoch() {
-            let err = ReplicaError::Epoch {
-                node: self.view.self_id().into(),
+            return Err(ReplicaError::Epoch {
+                node: node.into(),
                 theirs: current.epoch(),
-            };
-            return Err(err.to_status(current.epoch()));
+            });
         }
         if !self.view.lease_valid() {
-            return Err(Status::unavailable(
-                "this node's lease has expired: it cannot reach the coordinator",
-            ));
+            return Err(ReplicaError::Unreachable {
+                node: node.into(),
+                reason: "this node's lease has expired: it cannot reach the coordinator".into(),
+            });
         }
         Ok(current)
+    }
+
+    /// A read from the replica data channel.
+    pub async fn read_frame(&self, req: &FrameRequest) -> Result<Vec<u8>, ReplicaError> {
+        let epoch = self.admit_replica(req.epoch)?;
+        let oid = self.frame_oid(req.oid)?;
+        self.local
+            .read(&epoch, oid, req.offset, req.length as usize)
+            .await
+    }
+
+    /// A write from the replica data channel.
+    pub async fn write_frame(&self, req: &FrameRequest, data: Bytes) -> Result<(), ReplicaError> {
+        let epoch = self.admit_replica(req.epoch)?;
+        let oid = self.frame_oid(req.oid)?;
+        let spec = ObjectSpec {
+            capacity: req.capacity,
+            copies: req.copies,
+        };
+        self.local
+            .write(&epoch, oid, spec, req.offset, data, req.fua)
+            .await
+    }
+
+    fn frame_oid(&self, raw: u64) -> Result<ObjectId, ReplicaError> {
+        ObjectId::from_raw(raw).map_err(|e| ReplicaError::Invalid {
+            node: self.view.self_id().into(),
+            message: e.to_string(),
+        })
     }
 
     fn failed(&self, err: ReplicaError) -> Status {
@@ -48,39 +85,6 @@ fn oid(raw: u64) -> Result<ObjectId, Status> {
 
 #[tonic::async_trait]
 impl PeerService for PeerApi {
-    async fn read_object(
-        &self,
-        req: Request<v1::ReadObjectRequest>,
-    ) -> Result<Response<v1::ReadObjectResponse>, Status> {
-        let req = req.into_inner();
-        let epoch = self.admit(req.epoch)?;
-        let data = self
-            .local
-            .read(&epoch, oid(req.oid)?, req.offset, req.length as usize)
-            .await
-            .map_err(|e| self.failed(e))?;
-        Ok(Response::new(v1::ReadObjectResponse { data: data.into() }))
-    }
-
-    async fn write_object(
-        &self,
-        req: Request<v1::WriteObjectRequest>,
-    ) -> Result<Response<v1::WriteObjectResponse>, Status> {
-        let req = req.into_inner();
-        let epoch = self.admit(req.epoch)?;
-        let copies =
-            u8::try_from(req.copies).map_err(|_| Status::invalid_argument("copies too large"))?;
-        let spec = ObjectSpec {
-            capacity: req.capacity,
-            copies,
-        };
-        let write = self
-            .local
-            .write(&epoch, oid(req.oid)?, spec, req.offset, req.data, req.fua);
-        write.await.map_err(|e| self.failed(e))?;
-        Ok(Response::new(v1::WriteObjectResponse {}))
-    }
-
     async fn zero_object(
         &self,
         req: Request<v1::ZeroObjectRequest>,

@@ -1,0 +1,91 @@
+//! Server side of the replica data channel: one task per connection reads request frames.
+//! Small requests (what [`Local`](crate::local::Local) does inline) are answered in
+//! that task, in order; larger ones get a task each so that a 4 MiB write does not hold up
+//! the 4 KiB ones behind it. Replies go out under the connection's write lock.
+
+use super::PeerApi;
+use super::frames::{Op, REQUEST_LEN, Reply, Request, Status};
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Mutex;
+
+/// Requests up to this size without FUA are served in the connection's task.
+const INLINE: u32 = 64 << 10;
+
+/// Serves one data-channel connection until the peer closes it or sends a bad frame.
+pub async fn serve(stream: TcpStream, api: Arc<PeerApi>) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (reader, writer) = stream.into_split();
+    let mut reader = BufReader::with_capacity(256 << 10, reader);
+    let writer = Arc::new(Mutex::new(writer));
+    let mut header = [0u8; REQUEST_LEN];
+    loop {
+        if reader.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let request = match Request::decode(&header) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "closing a replica data connection");
+                return;
+            }
+        };
+        let data = match request.op {
+            Op::Write => {
+                let mut data = vec![0u8; request.length as usize];
+                if reader.read_exact(&mut data).await.is_err() {
+                    return;
+                }
+                Bytes::from(data)
+            }
+            Op::Read => Bytes::new(),
+        };
+        if request.length <= INLINE && !request.fua {
+            answer(&api, &writer, request, data).await;
+        } else {
+            let (api, writer) = (api.clone(), writer.clone());
+            tokio::spawn(async move { answer(&api, &writer, request, data).await });
+        }
+    }
+}
+
+async fn answer(api: &PeerApi, writer: &Mutex<OwnedWriteHalf>, request: Request, data: Bytes) {
+    let result = match request.op {
+        Op::Read => api.read_frame(&request).await.map(Bytes::from),
+        Op::Write => api.write_frame(&request, data).await.map(|()| Bytes::new()),
+    };
+    let (status, body) = match result {
+        Ok(body) => (Status::Ok, body),
+        Err(e) => {
+            tracing::debug!(error = %e, "replica request failed");
+            (Status::of(&e), Bytes::from(e.to_string()))
+        }
+    };
+    let reply = Reply {
+        status,
+        id: request.id,
+        epoch: api.view.epoch(),
+        length: body.len() as u32,
+    };
+    let mut frame = Vec::with_capacity(32 + body.len().min(64 << 10));
+    frame.extend_from_slice(&reply.encode());
+    let mut writer = writer.lock().await;
+    let sent = if body.len() <= 64 << 10 {
+        frame.extend_from_slice(&body);
+        writer.write_all(&frame).await
+    } else {
+        match writer.write_all(&frame).await {
+            Ok(()) => writer.write_all(&body).await,
+            Err(e) => Err(e),
+        }
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "cannot send a replica reply; the peer will retry");
+    }
+}
