@@ -1,7 +1,7 @@
 //! Clients to other nodes' peer services, one lazily connected channel per node.
 
 use super::frame_client::Connection;
-use super::frames::{Op, Request};
+use super::frames::{Op, Request, Status};
 use super::{MAX_MESSAGE, ReplicaError};
 use crate::freeze::Change;
 use crate::store::ObjectSpec;
@@ -76,8 +76,12 @@ impl Peers {
         let (reply, body) = conn
             .call(&node.id, request, payload, REQUEST_TIMEOUT)
             .await?;
-        let message = || String::from_utf8_lossy(&body).into_owned();
-        match reply.status.error(&node.id, reply.epoch, message()) {
+        if reply.status == Status::Ok {
+            return Ok(body);
+        }
+        // Only an error's body is a message: a read's data is never decoded as text.
+        let message = String::from_utf8_lossy(&body).into_owned();
+        match reply.status.error(&node.id, reply.epoch, message) {
             Some(e) => Err(e),
             None => Ok(body),
         }
