@@ -15,8 +15,9 @@ NODES=${NODES:-3}
 COPIES=${COPIES:-3}
 OUT=${OUT:-bench/results/profile}
 WORK=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}" sheepdog-profile.XXXXXX)
-DOG=target/release/dog
-SHEEP=target/release/sheep
+BIN=${BIN:-target/release}
+DOG=$BIN/dog
+SHEEP=$BIN/sheep
 for tool in fio perf; do
     command -v $tool >/dev/null || { echo "$tool is missing: apt-get install fio linux-perf" >&2; exit 1; }
 done
@@ -44,14 +45,19 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
     COUNT=${COUNT:-2000}
     fio --name=warm --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=1 --number_ios=200 --size=1G >/dev/null 2>&1
     callgrind_control -z "$VG" >/dev/null
-    fio --name=prof --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=1 --number_ios="$COUNT" --size=1G >/dev/null 2>&1
+    fio --name=prof --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=1 --number_ios="$COUNT" --size=1G --output-format=json --output="$WORK/prof.json" >"$WORK/fio.log" 2>&1 || { cat "$WORK/fio.log" "$WORK/valgrind.log" >&2; exit 1; }
+    python3 -c "import json,sys; print(\"fio wrote\", json.load(open(sys.argv[1]))[\"jobs\"][0][\"write\"][\"total_ios\"], \"requests\")" "$WORK/prof.json"
+    rm -f "$OUT"/callgrind.out*
     callgrind_control -d "$VG" >/dev/null
     sleep 1
-    kill "$VG"; wait "$VG" 2>/dev/null || true
     dump=$(ls -t "$OUT"/callgrind.out* | head -1)
+    cp "$dump" "$OUT/callgrind.writes"
+    dump="$OUT/callgrind.writes"
+    kill "$VG"; wait "$VG" 2>/dev/null || true
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
     echo "callgrind: $COUNT 4 KiB writes, copies=$COPIES, nodes=$NODES: $((total / COUNT)) instructions per write on the gateway node"
-    callgrind_annotate --inclusive=no "$dump" 2>/dev/null | sed -n '/file:function/,+25p'
+    echo "top functions by their own instructions (valgrind 3.19 also lists the thread entry points at 100%; they are left out):"
+    callgrind_annotate --threshold=100 "$dump" 2>/dev/null | sed -n "/file:function/,\$p" | grep -v "(100.0%)" | grep "%)" | head -15 | cut -c1-160
     exit 0
 fi
 
