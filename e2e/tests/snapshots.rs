@@ -546,3 +546,39 @@ fn bad_snapshot_requests_get_clear_errors_and_change_nothing() {
     let out = run(&mut cluster.dog(&["vdi", "read", "vm@one", "0", "4096"]));
     assert!(out.status.success() && out.stdout == vec![0x44; 4096]);
 }
+
+#[test]
+fn a_node_away_during_a_delete_does_not_bring_the_volume_back() {
+    let mut cluster = Cluster::start_with(4, FAILURE_TIMEOUT);
+    cluster.create("vm", "64M");
+    qemu_io(&cluster.nbd_uri_on(0, "vm"), &["write -P 0x77 0 20M"]);
+    let vid = |cluster: &Cluster| -> u64 {
+        let out = ok(&mut cluster.dog(&["vdi", "list", "--json"]));
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        rows[0]["vid"].as_u64().unwrap()
+    };
+    let old_vid = vid(&cluster);
+    // Node 3 holds copies of the volume and is down while it is deleted.
+    cluster.kill9_node(3);
+    ok(&mut cluster.dog(&["vdi", "delete", "vm"]));
+    cluster.up();
+    wait_for("node 3 back", Duration::from_secs(30), || {
+        (cluster.info(0)["nodes"].as_array()?.len() == 4).then_some(())
+    });
+    wait_for("no object on any node", Duration::from_secs(30), || {
+        (stored_objects(&cluster) == 0).then_some(())
+    });
+    assert_eq!(
+        listed(&cluster),
+        Vec::<String>::new(),
+        "the deleted volume came back"
+    );
+    // A new volume of the same name gets a new vid, and none of the old data.
+    cluster.create("vm", "64M");
+    assert_ne!(
+        vid(&cluster),
+        old_vid,
+        "a deleted volume's vid is never reused"
+    );
+    qemu_io(&cluster.nbd_uri_on(3, "vm"), &["read -P 0 0 20M"]);
+}

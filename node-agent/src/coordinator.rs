@@ -12,11 +12,11 @@ use anyhow::Context;
 use sheepdog_api::v1::coordinator_service_server::{CoordinatorService, CoordinatorServiceServer};
 use sheepdog_api::v1::{
     ClusterMapMessage, GetMapAtRequest, HeartbeatRequest, HeartbeatResponse, LockRequest,
-    LockResponse, UnlockRequest, UnlockResponse,
+    LockResponse, RetireVidsRequest, RetireVidsResponse, UnlockRequest, UnlockResponse,
 };
 use sheepdog_model::membership::{Heartbeat, Membership};
 use sheepdog_model::{ClusterMap, NodeInfo};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -48,6 +48,9 @@ struct State {
     recovered: HashMap<String, u64>,
     /// Named locks: holder and expiry in ms.
     locks: HashMap<String, (String, u64)>,
+    /// Vids of deleted volumes, never to be used again; persisted in `retired_file`.
+    retired: BTreeSet<u32>,
+    retired_file: PathBuf,
     started: Instant,
     dir: PathBuf,
 }
@@ -117,6 +120,8 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         })
         .collect();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), epoch = map.epoch, listen = %config.listen, "coordinator starting");
+    let retired_file = config.dir.join("retired-vids.json");
+    let retired = load_retired(&retired_file)?;
     let state = State {
         membership,
         map,
@@ -124,6 +129,8 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         heartbeats,
         recovered: HashMap::new(),
         locks: HashMap::new(),
+        retired,
+        retired_file,
         started,
         dir: maps,
     };
@@ -173,6 +180,7 @@ impl CoordinatorService for Coordinator {
             map: Some(ClusterMapMessage::from(&state.map)),
             all_recovered: state.all_recovered(),
             failure_timeout_ms: state.membership.failure_timeout_ms,
+            retired_vids: state.retired.iter().copied().collect(),
         }))
     }
 
@@ -193,12 +201,14 @@ impl CoordinatorService for Coordinator {
             return Ok(Response::new(LockResponse {
                 granted: true,
                 holder: String::new(),
+                retired_vids: state.retired.iter().copied().collect(),
             }));
         }
         let holder = state.locks[&req.name].0.clone();
         Ok(Response::new(LockResponse {
             granted: false,
             holder,
+            retired_vids: Vec::new(),
         }))
     }
 
@@ -218,6 +228,24 @@ impl CoordinatorService for Coordinator {
         Ok(Response::new(UnlockResponse {}))
     }
 
+    async fn retire_vids(
+        &self,
+        req: Request<RetireVidsRequest>,
+    ) -> Result<Response<RetireVidsResponse>, Status> {
+        let vids = req.into_inner().vids;
+        let mut state = self.state.lock().unwrap();
+        let mut next = state.retired.clone();
+        next.extend(vids.iter().copied());
+        if next.len() != state.retired.len() {
+            save_retired(&state.retired_file, &next).map_err(|e| {
+                Status::unavailable(format!("cannot persist the retired vids: {e}"))
+            })?;
+            tracing::info!(vids = ?vids, total = next.len(), "retired vids of deleted volumes");
+            state.retired = next;
+        }
+        Ok(Response::new(RetireVidsResponse {}))
+    }
+
     async fn get_map_at(
         &self,
         req: Request<GetMapAtRequest>,
@@ -232,4 +260,27 @@ impl CoordinatorService for Coordinator {
         map.map(|m| Response::new(ClusterMapMessage::from(m)))
             .ok_or_else(|| Status::not_found(format!("no map at epoch {epoch}")))
     }
+}
+
+fn load_retired(path: &std::path::Path) -> anyhow::Result<BTreeSet<u32>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a JSON list of vids", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes the set to a temporary file, syncs it and renames it over the old one.
+fn save_retired(path: &std::path::Path, retired: &BTreeSet<u32>) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec(retired).map_err(std::io::Error::other)?)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

@@ -50,6 +50,8 @@ pub async fn run(
                 let timeout = Duration::from_millis(resp.failure_timeout_ms);
                 // Stop serving well before the others give up on this node.
                 view.renew_lease(sent, timeout.mul_f64(0.6));
+                // Before the map: recovery of a new epoch must already skip retired vids.
+                view.add_retired(&resp.retired_vids);
                 if let Some(map) = resp.map {
                     let map = ClusterMap::from(map);
                     let epoch = map.epoch;

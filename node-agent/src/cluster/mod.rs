@@ -60,6 +60,8 @@ pub struct ClusterView {
     started: Instant,
     /// Whether every node of the current map has recovered the current epoch.
     all_recovered: AtomicBool,
+    /// Vids of deleted volumes, from the coordinator: their objects are garbage everywhere.
+    retired: RwLock<Arc<std::collections::HashSet<u32>>>,
 }
 
 impl ClusterView {
@@ -87,9 +89,31 @@ impl ClusterView {
             lease_until_ms: AtomicU64::new(if fenced { 0 } else { u64::MAX }),
             started: Instant::now(),
             all_recovered: AtomicBool::new(false),
+            retired: RwLock::default(),
         };
         view.persist(&map)?;
         Ok(view)
+    }
+
+    /// Adds vids the coordinator has retired (deleted volumes).
+    pub fn add_retired(&self, vids: &[u32]) {
+        if vids.iter().all(|v| self.is_retired(*v)) {
+            return;
+        }
+        let mut retired = self.retired.write().unwrap();
+        let mut next = (**retired).clone();
+        next.extend(vids.iter().copied());
+        *retired = Arc::new(next);
+    }
+
+    /// Whether `vid` belongs to a deleted volume: none of its objects may be kept or served.
+    pub fn is_retired(&self, vid: u32) -> bool {
+        self.retired.read().unwrap().contains(&vid)
+    }
+
+    /// How many vids are retired (grows only).
+    pub fn retired_count(&self) -> usize {
+        self.retired.read().unwrap().len()
     }
 
     pub fn self_id(&self) -> &str {

@@ -5,7 +5,7 @@
 
 use super::{GatewayError, Result};
 use sheepdog_api::v1::coordinator_service_client::CoordinatorServiceClient;
-use sheepdog_api::v1::{LockRequest, UnlockRequest};
+use sheepdog_api::v1::{LockRequest, RetireVidsRequest, UnlockRequest};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
@@ -24,6 +24,8 @@ pub struct MetadataLock {
 /// Held while a metadata operation runs; release it with [`MetadataLock::release`].
 pub struct Held<'a> {
     _local: tokio::sync::MutexGuard<'a, ()>,
+    /// Vids retired in the cluster when the lock was granted.
+    pub retired: Vec<u32>,
 }
 
 impl MetadataLock {
@@ -48,7 +50,10 @@ impl MetadataLock {
     pub async fn acquire(&self) -> Result<Held<'_>> {
         let local = self.local.lock().await;
         let Some(client) = &self.coordinator else {
-            return Ok(Held { _local: local });
+            return Ok(Held {
+                _local: local,
+                retired: Vec::new(),
+            });
         };
         let deadline = Instant::now() + WAIT;
         let mut last = String::from("the coordinator did not answer");
@@ -59,13 +64,39 @@ impl MetadataLock {
                 ttl_ms: TTL.as_millis() as u64,
             };
             match client.clone().lock(req).await {
-                Ok(resp) if resp.get_ref().granted => return Ok(Held { _local: local }),
+                Ok(resp) if resp.get_ref().granted => {
+                    let retired = resp.into_inner().retired_vids;
+                    return Ok(Held {
+                        _local: local,
+                        retired,
+                    });
+                }
                 Ok(resp) => last = format!("node {} holds it", resp.into_inner().holder),
                 Err(status) => last = format!("the coordinator: {}", status.message()),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Err(GatewayError::MetadataBusy { reason: last })
+    }
+
+    /// Retires `vids` for good on the coordinator (see the `RetireVids` RPC); durable when
+    /// it returns. Part of deleting, which runs under this lock.
+    pub async fn retire(&self, vids: &[u32]) -> Result<()> {
+        let Some(client) = &self.coordinator else {
+            return Ok(());
+        };
+        let req = RetireVidsRequest {
+            vids: vids.to_vec(),
+        };
+        client
+            .clone()
+            .retire_vids(req)
+            .await
+            .map(drop)
+            .map_err(|status| GatewayError::TimedOut {
+                what: "retiring the vids of deleted volumes".into(),
+                reason: format!("the coordinator: {}", status.message()),
+            })
     }
 
     /// Releases the cluster-wide lock (the local one goes with `held`).

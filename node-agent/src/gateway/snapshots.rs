@@ -16,7 +16,7 @@
 //! cluster across a snapshot, rollback or delete, so that the snapshot holds exactly the
 //! writes acknowledged before it.
 
-use super::volumes::{free_vid, now_ns};
+use super::volumes::now_ns;
 use super::{Gateway, GatewayError, Result, Volume};
 use crate::freeze::Change;
 use sheepdog_model::directory::Repair;
@@ -95,7 +95,7 @@ impl Gateway {
             return Err(GatewayError::SnapshotExists { name, tag });
         }
         let (old_vid, copies) = (working.vid, working.copies);
-        let new_vid = free_vid(&dir, name)?;
+        let new_vid = self.new_vid(&dir, name)?;
         let generation = dir.next_generation(name);
         let started = Instant::now();
         self.freeze_everywhere(old_vid).await?;
@@ -150,7 +150,7 @@ impl Gateway {
             });
         }
         let mut clone = snapshot.clone();
-        clone.vid = free_vid(&dir, name)?;
+        clone.vid = self.new_vid(&dir, name)?;
         clone.name = name.to_owned();
         clone.snapshot = false;
         clone.tag.clear();
@@ -176,7 +176,7 @@ impl Gateway {
             .ok_or_else(|| no_snapshot(name, tag))?;
         let old = dir.working(name).map(|w| w.vid);
         let mut next = snapshot.clone();
-        next.vid = free_vid(&dir, name)?;
+        next.vid = self.new_vid(&dir, name)?;
         next.snapshot = false;
         next.tag.clear();
         next.parent_vid = snapshot.vid;
@@ -254,6 +254,11 @@ impl Gateway {
     async fn collect_garbage(&self) -> Result<()> {
         let dir = self.load_directory().await?;
         let garbage = dir.garbage();
+        if !garbage.inodes.is_empty() {
+            // First, durably: a node away now drops these vids' copies when it returns.
+            self.metadata.retire(&garbage.inodes).await?;
+            self.replicas.view().add_retired(&garbage.inodes);
+        }
         for &oid in &garbage.objects {
             let copies = dir.get(oid.vid()).map_or(1, |i| i.copies);
             self.replicas.remove(oid, copies).await?;

@@ -39,6 +39,7 @@ impl Gateway {
         operation: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let held = self.metadata.acquire().await?;
+        self.replicas.view().add_retired(&held.retired);
         let result = operation.await;
         self.metadata.release(held).await;
         result
@@ -69,7 +70,7 @@ impl Gateway {
             object_size
         };
         let mut inode = Inode::new(
-            free_vid(&dir, name)?,
+            self.new_vid(&dir, name)?,
             name,
             size,
             object_size,
@@ -176,6 +177,11 @@ impl Gateway {
         Ok(())
     }
 
+    /// A vid for a new inode called `name`: unused, unreferenced and never retired.
+    pub(super) fn new_vid(&self, dir: &Directory, name: &str) -> Result<u32> {
+        free_vid(dir, name, |vid| self.replicas.view().is_retired(vid))
+    }
+
     /// Caches a working volume, unless this vid is cached already.
     pub(super) fn cache(&self, inode: Inode) {
         let mut volumes = self.volumes.write().unwrap();
@@ -252,7 +258,7 @@ impl Gateway {
             .store()
             .list()
             .into_iter()
-            .filter(|(o, _)| o.is_inode())
+            .filter(|(o, _)| o.is_inode() && !self.replicas.view().is_retired(o.vid()))
             .collect();
         let view = self.replicas.view().current();
         for node in view
@@ -297,13 +303,13 @@ impl Gateway {
     }
 }
 
-/// The first vid after a hash of the name that nothing uses or references, so a name tends
-/// to keep its vid.
-pub(super) fn free_vid(dir: &Directory, name: &str) -> Result<u32> {
+/// The first vid after a hash of the name that nothing uses or references and that was
+/// never retired, so a name tends to keep its vid while it lives.
+fn free_vid(dir: &Directory, name: &str, retired: impl Fn(u32) -> bool) -> Result<u32> {
     let start = (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) % u64::from(MAX_VID)) as u32;
     (0..MAX_VID)
         .map(|i| (start + i) % MAX_VID + 1)
-        .find(|&vid| !dir.vid_in_use(vid))
+        .find(|&vid| !dir.vid_in_use(vid) && !retired(vid))
         .ok_or(GatewayError::VidsExhausted)
 }
 

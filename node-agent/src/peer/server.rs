@@ -132,6 +132,7 @@ impl PeerService for PeerApi {
             .list()
             .into_iter()
             .filter(|(oid, _)| !req.inodes_only || oid.is_inode())
+            .filter(|(oid, _)| !self.view.is_retired(oid.vid()))
             .map(|(oid, copies)| v1::StoredObject {
                 oid: oid.raw(),
                 copies: u32::from(copies),

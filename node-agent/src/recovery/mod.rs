@@ -77,6 +77,8 @@ pub struct Recovery {
     recovered: Arc<AtomicU64>,
     /// Local copies are trusted for maps where this node's joinedEpoch is at most this.
     trusted_through: AtomicU64,
+    /// Size of the retired-vid set whose objects are already purged here.
+    purged_through: std::sync::atomic::AtomicUsize,
     locks: Vec<tokio::sync::Mutex<()>>,
     semaphore: Semaphore,
     throttle: Throttle,
@@ -99,6 +101,7 @@ impl Recovery {
             listed: watch::channel(0).0,
             recovered: Arc::new(AtomicU64::new(0)),
             trusted_through: AtomicU64::new(trusted),
+            purged_through: std::sync::atomic::AtomicUsize::new(0),
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -134,6 +137,7 @@ impl Recovery {
                 tracing::info!(epoch = epoch.epoch(), "recovery complete");
             }
             self.collect_garbage(&epoch).await;
+            self.purge_retired().await;
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -153,6 +157,9 @@ impl Recovery {
             .is_some_and(|n| n.joined_epoch > self.trusted_through.load(Ordering::Acquire));
         let mut pending = HashMap::new();
         for (oid, (copies, holders)) in objects {
+            if self.view.is_retired(oid.vid()) {
+                continue;
+            }
             let mine = epoch.replicas(oid, copies).iter().any(|n| n.id == me);
             let local = self.store.contains(oid);
             if mine && (!local || untrusted) {
@@ -253,6 +260,11 @@ impl Recovery {
         let Some(pending) = self.pending(epoch, oid) else {
             return Ok(());
         };
+        if self.view.is_retired(oid.vid()) {
+            // Its volume was deleted meanwhile: nothing to recover.
+            self.finish(epoch, oid, false);
+            return Ok(());
+        }
         let mut last_err = None;
         for holder in &pending.holders {
             match self.peers.fetch(holder, oid).await {
@@ -345,6 +357,35 @@ impl Recovery {
     /// Forgets a pending object that is being removed.
     pub fn forget(&self, epoch: &Epoch, oid: ObjectId) {
         self.finish(epoch.epoch(), oid, false);
+    }
+
+    /// Removes the local copies of objects of retired vids (deleted volumes), once per
+    /// growth of the retired set. A node that was away during a delete drops them here
+    /// instead of bringing the volume back.
+    async fn purge_retired(&self) {
+        let count = self.view.retired_count();
+        if self.purged_through.load(Ordering::Acquire) >= count {
+            return;
+        }
+        let mut removed = 0;
+        for (oid, _) in self.store.list() {
+            if !self.view.is_retired(oid.vid()) {
+                continue;
+            }
+            let _lock = self.lock(oid).lock().await;
+            self.finish(self.view.epoch(), oid, false);
+            match self.store.remove(oid) {
+                Ok(()) => removed += 1,
+                Err(err) => {
+                    tracing::warn!(object = %oid, error = %err, "cannot remove a copy of a deleted volume");
+                    return;
+                }
+            }
+        }
+        self.purged_through.fetch_max(count, Ordering::AcqRel);
+        if removed > 0 {
+            tracing::info!(objects = removed, "removed copies of deleted volumes");
+        }
     }
 
     /// Removes copies this node no longer owns, once every node has recovered `epoch`.
