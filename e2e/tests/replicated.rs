@@ -446,3 +446,60 @@ fn concurrent_creates_of_one_name_on_two_nodes_give_one_volume() {
         .collect();
     assert_eq!(vids.len(), 5, "every volume has its own vid");
 }
+
+/// The peer port carries gRPC and the replica data channel, told apart by a connection's
+/// first bytes. Malformed data-channel frames close that connection and nothing else: the
+/// node keeps serving, and the data is intact.
+#[test]
+fn malformed_frames_on_the_peer_port_close_only_their_connection() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
+    ok(&mut cluster.dog(&["vdi", "create", "v", "16M"]));
+    qemu_io(&cluster.nbd_uri_on(0, "v"), &["write -P 0x3c 0 8M"]);
+    let port = cluster.peer_port + 1;
+    let frame = |op: u8, length: u32| {
+        let mut f = b"SHDP".to_vec();
+        f.push(op);
+        f.extend_from_slice(&[0u8; 43]);
+        f.extend_from_slice(&length.to_le_bytes());
+        f.extend_from_slice(&[0u8; 4]);
+        f
+    };
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut garbage = |n: usize| {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    let cases: Vec<Vec<u8>> = vec![
+        frame(9, 0),                               // unknown op
+        frame(2, u32::MAX),                        // a write longer than any message
+        [b"SHDP".to_vec(), garbage(300)].concat(), // magic, then noise
+        [frame(2, 4096), garbage(100)].concat(),   // a write cut short
+        garbage(500),                              // not even the magic: handed to gRPC
+    ];
+    for case in cases {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let _ = stream.write_all(&case);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+    }
+    // The node still answers gRPC and replica traffic, and the data is intact.
+    let info = cluster.info(1);
+    assert_eq!(info["nodes"].as_array().unwrap().len(), 3);
+    qemu_io(
+        &cluster.nbd_uri_on(1, "v"),
+        &["read -P 0x3c 0 8M", "write -P 0x3d 8M 1M"],
+    );
+    qemu_io(&cluster.nbd_uri_on(2, "v"), &["read -P 0x3d 8M 1M"]);
+    ok(&mut cluster.dog(&["cluster", "check"]));
+}
