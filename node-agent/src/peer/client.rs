@@ -163,11 +163,18 @@ impl Peers {
     }
 
     pub async fn flush(&self, node: &NodeInfo, epoch: u64) -> Reply<()> {
-        answer(
-            node,
-            self.client(node)?.flush(v1::FlushRequest { epoch }).await,
-        )
-        .map(drop)
+        let request = Request {
+            op: Op::Flush,
+            fua: false,
+            copies: 0,
+            id: 0,
+            epoch,
+            oid: 0,
+            offset: 0,
+            capacity: 0,
+            length: 0,
+        };
+        self.frame(node, request, &Bytes::new()).await.map(drop)
     }
 
     /// Objects on `node` (only inodes with `inodes_only`), with their copies.

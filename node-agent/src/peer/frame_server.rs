@@ -44,9 +44,9 @@ pub async fn serve(stream: TcpStream, api: Arc<PeerApi>) {
                 }
                 Bytes::from(data)
             }
-            Op::Read => Bytes::new(),
+            Op::Read | Op::Flush => Bytes::new(),
         };
-        if request.length <= INLINE && !request.fua {
+        if request.op != Op::Flush && request.length <= INLINE && !request.fua {
             answer(&api, &writer, request, data).await;
         } else {
             let (api, writer) = (api.clone(), writer.clone());
@@ -59,6 +59,7 @@ async fn answer(api: &PeerApi, writer: &Mutex<OwnedWriteHalf>, request: Request,
     let result = match request.op {
         Op::Read => api.read_frame(&request).await.map(Bytes::from),
         Op::Write => api.write_frame(&request, data).await.map(|()| Bytes::new()),
+        Op::Flush => api.flush_frame(&request).await.map(|()| Bytes::new()),
     };
     let (status, body) = match result {
         Ok(body) => (Status::Ok, body),

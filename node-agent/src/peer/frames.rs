@@ -1,6 +1,6 @@
-//! The replica data channel: object reads and writes between nodes as fixed binary frames on
-//! a plain TCP connection, beside gRPC on the same port. They are the hot path of every
-//! replicated write. Over gRPC each one crossed four tasks and an HTTP/2 stream. Here the
+//! The replica data channel: object reads, writes and flushes between nodes as fixed binary
+//! frames on a plain TCP connection, beside gRPC on the same port. They are the hot path of
+//! every replicated write. Over gRPC each one crossed four tasks and an HTTP/2 stream. Here the
 //! caller writes its frame straight to the socket, and one reader task per connection hands
 //! back the replies by request id. Everything else between peers stays on gRPC.
 //!
@@ -9,7 +9,7 @@
 //! | offset | size | field                                      |
 //! |--------|------|--------------------------------------------|
 //! | 0      | 4    | magic `SHDP`                               |
-//! | 4      | 1    | op: 1 read, 2 write                        |
+//! | 4      | 1    | op: 1 read, 2 write, 3 flush               |
 //! | 5      | 1    | flags: bit 0 FUA                           |
 //! | 6      | 1    | copies (writes that create the object)     |
 //! | 8      | 8    | request id, echoed in the reply            |
@@ -40,6 +40,8 @@ pub const REPLY_LEN: usize = 32;
 pub enum Op {
     Read = 1,
     Write = 2,
+    /// Make every completed write on the node durable (oid, offset and length unused).
+    Flush = 3,
 }
 
 /// A request header.
@@ -111,6 +113,7 @@ impl Request {
         let op = match b[4] {
             1 => Op::Read,
             2 => Op::Write,
+            3 => Op::Flush,
             other => return Err(FrameError::Kind(other)),
         };
         let length = u32_at(b, 48);
@@ -218,10 +221,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn requests_round_trip(write: bool, fua: bool, copies: u8, id: u64, epoch: u64, oid: u64,
+        fn requests_round_trip(op in 1u8..=3, fua: bool, copies: u8, id: u64, epoch: u64, oid: u64,
                                offset: u64, capacity: u64, length in 0u32..=(MAX_MESSAGE as u32)) {
             let req = Request {
-                op: if write { Op::Write } else { Op::Read },
+                op: match op { 1 => Op::Read, 2 => Op::Write, _ => Op::Flush },
                 fua, copies, id, epoch, oid, offset, capacity, length,
             };
             prop_assert_eq!(Request::decode(&req.encode()), Ok(req));

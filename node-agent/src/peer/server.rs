@@ -66,6 +66,12 @@ impl PeerApi {
             .await
     }
 
+    /// A flush from the replica data channel.
+    pub async fn flush_frame(&self, req: &FrameRequest) -> Result<(), ReplicaError> {
+        self.admit_replica(req.epoch)?;
+        self.local.flush().await
+    }
+
     fn frame_oid(&self, raw: u64) -> Result<ObjectId, ReplicaError> {
         ObjectId::from_raw(raw).map_err(|e| ReplicaError::Invalid {
             node: self.view.self_id().into(),
@@ -109,15 +115,6 @@ impl PeerService for PeerApi {
             .await
             .map_err(|e| self.failed(e))?;
         Ok(Response::new(v1::RemoveObjectResponse {}))
-    }
-
-    async fn flush(
-        &self,
-        req: Request<v1::FlushRequest>,
-    ) -> Result<Response<v1::FlushResponse>, Status> {
-        self.admit(req.into_inner().epoch)?;
-        self.local.flush().await.map_err(|e| self.failed(e))?;
-        Ok(Response::new(v1::FlushResponse {}))
     }
 
     async fn list_objects(
