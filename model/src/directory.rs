@@ -39,15 +39,6 @@ pub struct Garbage {
     pub inodes: Vec<u32>,
 }
 
-/// Objects of one volume's data table, counted as Sheepdog's `dog vdi list` does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Objects the volume owns (written since it was created).
-    pub owned: u64,
-    /// Objects it reads from an ancestor (shared copy-on-write).
-    pub shared: u64,
-}
-
 impl Directory {
     pub fn new(inodes: impl IntoIterator<Item = Inode>) -> Self {
         Self {
@@ -168,25 +159,12 @@ impl Directory {
         }
         garbage
     }
-
-    /// What the volume `vid` owns and shares.
-    pub fn usage(&self, vid: u32) -> Usage {
-        let Some(inode) = self.get(vid) else {
-            return Usage::default();
-        };
-        let owned = inode.data_vids.iter().filter(|&&v| v == vid).count() as u64;
-        let shared = inode
-            .data_vids
-            .iter()
-            .filter(|&&v| v != 0 && v != vid)
-            .count() as u64;
-        Usage { owned, shared }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inode::Usage;
 
     fn volume(vid: u32, name: &str, table: &[u32]) -> Inode {
         let mut inode =
@@ -216,14 +194,14 @@ mod tests {
         assert!(dir.snapshot("vm", "nope").is_none());
         assert_eq!(dir.next_generation("vm"), 3);
         assert_eq!(
-            dir.usage(2),
+            dir.get(2).unwrap().usage(),
             Usage {
                 owned: 0,
                 shared: 1
             }
         );
         assert_eq!(
-            dir.usage(1),
+            dir.get(1).unwrap().usage(),
             Usage {
                 owned: 1,
                 shared: 0

@@ -70,6 +70,15 @@ pub struct Inode {
     pub data_vids: Vec<u32>,
 }
 
+/// Objects of a volume's data table, counted as Sheepdog's `dog vdi list` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Objects the volume owns (written since it was created).
+    pub owned: u64,
+    /// Objects it reads from an ancestor (shared copy-on-write).
+    pub shared: u64,
+}
+
 /// Why an inode could not be made or decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InodeError {
@@ -133,6 +142,17 @@ impl Inode {
         };
         inode.resize(size)?;
         Ok(inode)
+    }
+
+    /// What the volume owns and what it shares with its ancestors.
+    pub fn usage(&self) -> Usage {
+        let owned = self.data_vids.iter().filter(|&&v| v == self.vid).count() as u64;
+        let shared = self
+            .data_vids
+            .iter()
+            .filter(|&&v| v != 0 && v != self.vid)
+            .count() as u64;
+        Usage { owned, shared }
     }
 
     /// Number of objects that cover `size` bytes.

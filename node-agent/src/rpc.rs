@@ -1,6 +1,6 @@
 //! gRPC control API over the gateway: the volume and cluster services.
 
-use crate::gateway::{self, Gateway, GatewayError};
+use crate::gateway::{Gateway, GatewayError};
 use crate::peer::ReplicaError;
 use crate::store::StoreError;
 use sheepdog_api::v1;
@@ -25,6 +25,8 @@ pub struct ClusterApi {
 }
 
 fn volume(inode: &Inode) -> v1::Volume {
+    let usage = inode.usage();
+    let object_size = u64::from(inode.object_size);
     v1::Volume {
         name: inode.name.clone(),
         vid: inode.vid,
@@ -35,8 +37,8 @@ fn volume(inode: &Inode) -> v1::Volume {
         snapshot: inode.snapshot,
         tag: inode.tag.clone(),
         ctime_ns: inode.ctime_ns,
-        allocated_bytes: gateway::allocated_bytes(inode),
-        shared_bytes: gateway::shared_bytes(inode),
+        allocated_bytes: usage.owned * object_size,
+        shared_bytes: usage.shared * object_size,
         generation: inode.generation,
     }
 }

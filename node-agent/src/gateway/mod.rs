@@ -219,19 +219,3 @@ impl Gateway {
         self.load_directory().await
     }
 }
-
-/// Bytes of objects a volume owns.
-pub fn allocated_bytes(inode: &Inode) -> u64 {
-    let owned = inode.data_vids.iter().filter(|&&v| v == inode.vid).count() as u64;
-    owned * u64::from(inode.object_size)
-}
-
-/// Bytes of objects a volume reads from its ancestors.
-pub fn shared_bytes(inode: &Inode) -> u64 {
-    let shared = inode
-        .data_vids
-        .iter()
-        .filter(|&&v| v != 0 && v != inode.vid)
-        .count() as u64;
-    shared * u64::from(inode.object_size)
-}
