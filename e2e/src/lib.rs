@@ -111,7 +111,10 @@ impl Cluster {
     /// Starts a cluster of `nodes` nodes that removes silent nodes after `failure_timeout`.
     pub fn start_with(nodes: u16, failure_timeout: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (peer_port, nbd_port) = (free_ports(nodes), free_ports(nodes));
+        // One block for the peer ports (the coordinator just below) and the NBD ports: two
+        // blocks picked separately can overlap.
+        let peer_port = free_ports(2 * nodes);
+        let nbd_port = peer_port + nodes;
         let failure_timeout = failure_timeout.to_owned();
         let mut cluster = Self {
             dir,
@@ -178,7 +181,8 @@ impl Cluster {
     /// Starts one more `sheep` by hand, pointed only at the coordinator: it joins with no
     /// other configuration. Returns its (gRPC, NBD) ports.
     pub fn add_node(&mut self, id: &str) -> (u16, u16) {
-        let (peer, nbd) = (free_ports(1), free_ports(1));
+        let peer = free_ports(2);
+        let nbd = peer + 1;
         let dir = self.dir.path().join(format!("node{id}"));
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(dir.join("sheep.log")).unwrap();
