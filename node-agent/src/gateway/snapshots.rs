@@ -125,6 +125,7 @@ impl Gateway {
         self.move_local(old_vid, &next);
         self.thaw_everywhere(old_vid, Some(Change::Replaced(new_vid)))
             .await;
+        let frozen = started.elapsed();
         snapshot.snapshot = true;
         self.store_inode(&snapshot).await?;
         tracing::info!(
@@ -132,7 +133,7 @@ impl Gateway {
             tag,
             snapshot.vid = old_vid,
             vdi.id = new_vid,
-            frozen_ms = started.elapsed().as_millis() as u64,
+            frozen_ms = frozen.as_millis() as u64,
             "took a snapshot"
         );
         Ok(snapshot)
@@ -271,6 +272,7 @@ impl Gateway {
             }
         }
         // Deleted inodes that stay (some objects are still read) forget the freed ones.
+        let freed: std::collections::HashSet<ObjectId> = garbage.objects.iter().copied().collect();
         for inode in dir
             .all()
             .filter(|i| i.deleted && !garbage.inodes.contains(&i.vid))
@@ -278,11 +280,7 @@ impl Gateway {
             let mut kept = inode.clone();
             let mut changed = false;
             for (index, entry) in kept.data_vids.iter_mut().enumerate() {
-                if *entry == kept.vid
-                    && garbage
-                        .objects
-                        .contains(&ObjectId::data(kept.vid, index as u32))
-                {
+                if *entry == kept.vid && freed.contains(&ObjectId::data(kept.vid, index as u32)) {
                     *entry = 0;
                     changed = true;
                 }

@@ -4,7 +4,7 @@
 //! every request waiting on it as unreachable and is replaced on the next request.
 
 use super::ReplicaError;
-use super::frames::{REPLY_LEN, Reply, Request};
+use super::frames::{REPLY_LEN, Reply, Request, SMALL};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,9 +24,6 @@ pub struct Connection {
     next_id: AtomicU64,
     broken: AtomicBool,
 }
-
-/// Bytes of payload copied into the request frame's buffer, so that it leaves in one write.
-const COALESCE: usize = 64 << 10;
 
 impl Connection {
     /// Connects to a peer's data port (its gRPC port) within `timeout`.
@@ -71,7 +68,7 @@ impl Connection {
         let sent = tokio::time::timeout(timeout, async {
             let mut writer = self.writer.lock().await;
             let header = request.encode();
-            if payload.len() <= COALESCE {
+            if payload.len() <= SMALL as usize {
                 let mut frame = Vec::with_capacity(header.len() + payload.len());
                 frame.extend_from_slice(&header);
                 frame.extend_from_slice(payload);

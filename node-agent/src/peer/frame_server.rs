@@ -4,16 +4,13 @@
 //! the 4 KiB ones behind it. Replies go out under the connection's write lock.
 
 use super::PeerApi;
-use super::frames::{Op, REQUEST_LEN, Reply, Request, Status};
+use super::frames::{Op, REPLY_LEN, REQUEST_LEN, Reply, Request, SMALL, Status};
 use bytes::Bytes;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Mutex;
-
-/// Requests up to this size without FUA are served in the connection's task.
-const INLINE: u32 = 64 << 10;
 
 /// Serves one data-channel connection until the peer closes it or sends a bad frame.
 pub async fn serve(stream: TcpStream, api: Arc<PeerApi>) {
@@ -46,7 +43,7 @@ pub async fn serve(stream: TcpStream, api: Arc<PeerApi>) {
             }
             Op::Read | Op::Flush => Bytes::new(),
         };
-        if request.op != Op::Flush && request.length <= INLINE && !request.fua {
+        if request.op != Op::Flush && request.length <= SMALL && !request.fua {
             answer(&api, &writer, request, data).await;
         } else {
             let (api, writer) = (api.clone(), writer.clone());
@@ -74,10 +71,11 @@ async fn answer(api: &PeerApi, writer: &Mutex<OwnedWriteHalf>, request: Request,
         epoch: api.view.epoch(),
         length: body.len() as u32,
     };
-    let mut frame = Vec::with_capacity(32 + body.len().min(64 << 10));
+    let small = body.len() <= SMALL as usize;
+    let mut frame = Vec::with_capacity(REPLY_LEN + if small { body.len() } else { 0 });
     frame.extend_from_slice(&reply.encode());
     let mut writer = writer.lock().await;
-    let sent = if body.len() <= 64 << 10 {
+    let sent = if small {
         frame.extend_from_slice(&body);
         writer.write_all(&frame).await
     } else {

@@ -35,6 +35,9 @@ pub const REQUEST_MAGIC: [u8; 4] = *b"SHDP";
 pub const REPLY_MAGIC: [u8; 4] = *b"SHDR";
 pub const REQUEST_LEN: usize = 56;
 pub const REPLY_LEN: usize = 32;
+/// Frames with up to this much data leave in one write (header and data copied together);
+/// requests this small without FUA are also answered in the connection's own task.
+pub const SMALL: u32 = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
