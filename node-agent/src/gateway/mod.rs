@@ -87,15 +87,12 @@ impl Volume {
         self.inode.read().unwrap().vid
     }
 
-    /// Takes a freshly read copy of the same inode. Table entries this gateway set to its own
-    /// vid are kept: a read racing a table update must not make a later write copy the
-    /// object again from its ancestor.
+    /// Takes a freshly read copy of the same inode (same vid). Table entries this gateway set
+    /// to its own vid are kept: a read racing a table update must not make a later write copy
+    /// the object again from its ancestor.
     fn refresh(&self, mut fresh: Inode) {
         let mut inode = self.inode.write().unwrap();
-        if fresh.vid != inode.vid {
-            *inode = fresh;
-            return;
-        }
+        debug_assert_eq!(fresh.vid, inode.vid, "refresh is for the same inode");
         for (entry, &mine) in fresh.data_vids.iter_mut().zip(&inode.data_vids) {
             if mine == fresh.vid {
                 *entry = mine;
@@ -114,6 +111,8 @@ pub struct Gateway {
     default_copies: u8,
     volumes: RwLock<HashMap<u32, Arc<Volume>>>,
     names: RwLock<HashMap<String, u32>>,
+    /// Vid and copies of snapshots opened before, by name and tag.
+    snapshot_vids: RwLock<HashMap<(String, String), (u32, u8)>>,
     metadata: metadata_lock::MetadataLock,
     freezer: Arc<Freezer>,
     cow_locks: Vec<tokio::sync::Mutex<()>>,
@@ -134,6 +133,7 @@ impl Gateway {
             default_copies,
             volumes: RwLock::default(),
             names: RwLock::default(),
+            snapshot_vids: RwLock::default(),
             metadata,
             freezer,
             cow_locks: (0..COW_STRIPES).map(|_| Default::default()).collect(),
@@ -202,8 +202,20 @@ impl Gateway {
         Ok(volume)
     }
 
-    /// A read-only handle on the snapshot `name@tag`.
+    /// A read-only handle on the snapshot `name@tag`. A snapshot found before is read again
+    /// by its vid alone; the whole directory is read only on a miss.
     async fn open_snapshot(&self, name: &str, tag: &str) -> Result<Arc<Volume>> {
+        let key = (name.to_owned(), tag.to_owned());
+        let known = self.snapshot_vids.read().unwrap().get(&key).copied();
+        if let Some((vid, copies)) = known
+            && let Ok(inode) = self.read_inode(ObjectId::inode(vid), copies).await
+            && inode.snapshot
+            && !inode.deleted
+            && inode.name == name
+            && inode.tag == tag
+        {
+            return Ok(Arc::new(Volume::new(inode)));
+        }
         let dir = self.load_directory().await?;
         let inode = dir
             .snapshot(name, tag)
@@ -211,6 +223,10 @@ impl Gateway {
                 name: name.to_owned(),
                 tag: tag.to_owned(),
             })?;
+        self.snapshot_vids
+            .write()
+            .unwrap()
+            .insert(key, (inode.vid, inode.copies));
         Ok(Arc::new(Volume::new(inode.clone())))
     }
 
