@@ -64,11 +64,8 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         peers.clone(),
         limits,
     ));
-    let local = Arc::new(Local {
-        node: me.id.clone(),
-        store: store.clone(),
-        recovery: recovery.clone(),
-    });
+    let local = Arc::new(Local::new(store.clone(), recovery.clone(), view.clone()));
+    recovery.attach(local.clone());
     let replicas = Replicas::new(
         view.clone(),
         local.clone(),
@@ -108,6 +105,7 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
             me.clone(),
             view.clone(),
             recovery.recovered_epoch(),
+            store.clone(),
         ));
     }
     let metrics = Arc::new(Metrics::default());

@@ -1,17 +1,33 @@
-//! This node as a replica: store operations on the objects it holds, each preceded by the
-//! recovery of that object when the current epoch made this node a new holder of it.
+//! This node as a replica: store operations on the objects it holds.
+//!
+//! When the current epoch made this node a new holder of an object that recovery has not
+//! copied yet, a read recovers that object first, ahead of the throttled queue. Changes need
+//! not wait: every block carries its version and recovery merges newest-per-block into the
+//! local copy, so a whole-block write or a removal applied before recovery stays. Only a
+//! change to part of a block recovers first, because it merges with the block's old bytes.
+//!
+//! **The epoch barrier.** Every change holds the replica gate shared while it runs, and is
+//! checked against the current epoch only once it holds it. Listing and fetching objects for
+//! recovery at epoch E first [`drain`](Local::drain) the gate: once that returns, no change
+//! admitted at an older epoch is still running on this node, so a new holder that copies an
+//! object at E cannot miss a write that was acknowledged at E-1.
 
-use crate::cluster::Epoch;
+use crate::cluster::{ClusterView, Epoch};
 use crate::peer::ReplicaError;
 use crate::recovery::Recovery;
-use crate::store::{ObjectSpec, ObjectStore, StoreError};
+use crate::store::{Applied, ObjectSpec, ObjectStore, StoreError};
 use sheepdog_model::ObjectId;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct Local {
     pub node: String,
     pub store: Arc<ObjectStore>,
     pub recovery: Arc<Recovery>,
+    view: Arc<ClusterView>,
+    gate: tokio::sync::RwLock<()>,
+    /// The newest epoch whose older changes are known to have finished.
+    drained: AtomicU64,
 }
 
 type Reply<T> = Result<T, ReplicaError>;
@@ -20,7 +36,45 @@ type Reply<T> = Result<T, ReplicaError>;
 /// page cache, and a hop to the blocking pool costs more than the copy.
 const INLINE_MAX: usize = 64 << 10;
 
+/// One change to an object, at a version.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    Write {
+        offset: u64,
+        data: bytes::Bytes,
+    },
+    Zero {
+        offset: u64,
+        len: u64,
+    },
+    /// The whole object: it becomes a tombstone.
+    Remove,
+}
+
+impl Mutation {
+    fn touches_part_of_a_block(&self) -> bool {
+        let bs = u64::from(sheepdog_model::BLOCK_SIZE);
+        let (offset, len) = match self {
+            Self::Write { offset, data } => (*offset, data.len() as u64),
+            Self::Zero { offset, len } => (*offset, *len),
+            Self::Remove => return false,
+        };
+        !offset.is_multiple_of(bs) || !len.is_multiple_of(bs)
+    }
+}
+
 impl Local {
+    pub fn new(store: Arc<ObjectStore>, recovery: Arc<Recovery>, view: Arc<ClusterView>) -> Self {
+        Self {
+            node: view.self_id().to_owned(),
+            store,
+            recovery,
+            view,
+            gate: tokio::sync::RwLock::new(()),
+            drained: AtomicU64::new(0),
+        }
+    }
+
     pub async fn read(
         &self,
         epoch: &Epoch,
@@ -29,6 +83,7 @@ impl Local {
         len: usize,
     ) -> Reply<Vec<u8>> {
         self.recovery.before_io(epoch, oid).await?;
+        self.check_epoch(epoch)?;
         if len <= INLINE_MAX {
             let mut buf = vec![0u8; len];
             let read = self.store.read(oid, offset, &mut buf);
@@ -43,44 +98,91 @@ impl Local {
         .await
     }
 
-    pub async fn write(
+    /// Applies `change` at `version` to this node's copy, which recovery brings up to date
+    /// first if this epoch made this node a new holder.
+    pub async fn change(
         &self,
         epoch: &Epoch,
         oid: ObjectId,
         spec: ObjectSpec,
-        offset: u64,
-        data: bytes::Bytes,
+        change: Mutation,
+        version: u64,
         fua: bool,
-    ) -> Reply<()> {
-        self.recovery.before_io(epoch, oid).await?;
-        if !fua && data.len() <= INLINE_MAX {
-            let written = self.store.write(oid, spec, offset, &data, false);
-            return written.map_err(|e| ReplicaError::from_store(&self.node, &e));
+    ) -> Reply<Applied> {
+        if self.view.is_retired(oid.vid()) {
+            return Err(self.invalid(format!("object {oid} belongs to a deleted volume")));
         }
-        self.blocking(move |store| store.write(oid, spec, offset, &data, fua))
-            .await
+        if change.touches_part_of_a_block() {
+            self.recovery.before_io(epoch, oid).await?;
+        }
+        let _gate = self.gate.read().await;
+        self.check_epoch(epoch)?;
+        match change {
+            Mutation::Write { offset, data } if !fua && data.len() <= INLINE_MAX => self
+                .store
+                .write(oid, spec, offset, &data, version, false)
+                .map_err(|e| ReplicaError::from_store(&self.node, &e)),
+            Mutation::Write { offset, data } => {
+                self.blocking(move |s| s.write(oid, spec, offset, &data, version, fua))
+                    .await
+            }
+            Mutation::Zero { offset, len } => {
+                self.blocking(move |s| s.zero(oid, spec, offset, len, version, fua))
+                    .await
+            }
+            Mutation::Remove => {
+                self.blocking(move |s| s.remove_at(oid, spec, version, fua))
+                    .await
+            }
+        }
     }
 
-    pub async fn zero(
+    /// Creates `oid` with `data` at version 0 unless a copy exists (copy-on-write). Returns
+    /// whether it was created. A copy not recovered yet is merged in later: its blocks are
+    /// all newer than version 0.
+    pub async fn put_if_absent(
         &self,
         epoch: &Epoch,
         oid: ObjectId,
-        offset: u64,
-        len: u64,
-        fua: bool,
-    ) -> Reply<()> {
-        self.recovery.before_io(epoch, oid).await?;
-        self.blocking(move |store| store.zero(oid, offset, len, fua))
+        spec: ObjectSpec,
+        data: bytes::Bytes,
+    ) -> Reply<bool> {
+        let _gate = self.gate.read().await;
+        self.check_epoch(epoch)?;
+        self.blocking(move |store| store.put_if_absent(oid, spec, &data))
             .await
-    }
-
-    pub async fn remove(&self, epoch: &Epoch, oid: ObjectId) -> Reply<()> {
-        self.recovery.forget(epoch, oid);
-        self.blocking(move |store| store.remove(oid)).await
     }
 
     pub async fn flush(&self) -> Reply<()> {
         self.blocking(|store| store.flush()).await
+    }
+
+    /// Waits until no change admitted before `epoch` is still running here.
+    pub async fn drain(&self, epoch: u64) {
+        if self.drained.load(Ordering::Acquire) >= epoch {
+            return;
+        }
+        drop(self.gate.write().await);
+        self.drained.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// Refuses a request for an epoch this node has left.
+    fn check_epoch(&self, epoch: &Epoch) -> Reply<()> {
+        let current = self.view.epoch();
+        if current != epoch.epoch() {
+            return Err(ReplicaError::Epoch {
+                node: self.node.clone(),
+                theirs: current,
+            });
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, message: String) -> ReplicaError {
+        ReplicaError::Invalid {
+            node: self.node.clone(),
+            message,
+        }
     }
 
     /// Runs blocking store work off the async threads.

@@ -82,6 +82,7 @@ fn status(err: GatewayError) -> Status {
             | StoreError::Sync { .. }
             | StoreError::RemoveObject { .. }
             | StoreError::OpenDir { .. } => tonic::Code::Internal,
+            StoreError::DiskFailed { .. } => tonic::Code::Unavailable,
         },
     };
     tracing::warn!(code = ?code, error = %message, "gRPC request failed");

@@ -16,12 +16,15 @@ pub struct HeartbeatConfig {
     pub interval: Duration,
 }
 
-/// Sends heartbeats forever. `recovered` holds the newest fully recovered epoch.
+/// Sends heartbeats forever. `recovered` holds the newest fully recovered epoch. Once the
+/// store has failed an fsync the node stops: its lease runs out, so it serves nothing, and the
+/// coordinator removes it, so its copies are re-created elsewhere.
 pub async fn run(
     config: HeartbeatConfig,
     me: NodeInfo,
     view: Arc<ClusterView>,
     recovered: Arc<AtomicU64>,
+    store: Arc<crate::store::ObjectStore>,
 ) {
     let endpoint = match Endpoint::from_shared(format!("http://{}", config.coordinator)) {
         Ok(endpoint) => endpoint
@@ -35,6 +38,12 @@ pub async fn run(
     let mut client = CoordinatorServiceClient::new(endpoint.connect_lazy());
     let mut failures = 0u32;
     loop {
+        if store.has_failed() {
+            tracing::error!(
+                "the data disk failed: no more heartbeats, the cluster removes this node"
+            );
+            return;
+        }
         let sent = Instant::now();
         let req = HeartbeatRequest {
             node: Some(MapNode::from(&me)),

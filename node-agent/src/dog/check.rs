@@ -3,11 +3,13 @@
 //! For each object found on any node, the copies its replica set should hold (by the same ring
 //! every node computes) are read whole and verified by their block checksums, then compared by
 //! digest. An object is healthy when all of its `copies` replicas exist and agree. `--repair`
-//! copies the version most replicas agree on (the primary's on a tie) over missing, corrupt or
-//! differing copies. The command fails while any object is unhealthy.
+//! merges the readable copies, the newest version of each block winning, and sends the result
+//! to every missing, corrupt or differing copy, which merges it with its own: a write that
+//! lands during the repair is never undone. The command fails while any object is unhealthy.
 
 use super::client::failed;
 use super::{Target, print_json};
+use crate::store;
 use serde::Serialize;
 use sheepdog_api::v1;
 use sheepdog_api::v1::peer_service_client::PeerServiceClient;
@@ -64,7 +66,7 @@ pub async fn run(target: Target, repair: bool) -> anyhow::Result<()> {
             .await
             .map_err(failed)?
             .into_inner();
-        for o in list.objects {
+        for o in list.objects.into_iter().filter(|o| !o.tombstone) {
             if let Ok(oid) = ObjectId::from_raw(o.oid) {
                 objects.insert(oid, u8::try_from(o.copies).unwrap_or(1));
             }
@@ -218,7 +220,9 @@ fn count(report: &mut Report, oid: ObjectId, set: &[&NodeInfo], found: &[Copy], 
     }
 }
 
-/// Copies the majority version over every bad copy; returns how many were replaced.
+/// Merges every readable copy, newest version of each block first, and sends the result to
+/// every replica that differs from it (each merges it with its own copy, so a write that lands
+/// meanwhile is kept). Returns how many copies were replaced.
 async fn fix(
     peers: &mut HashMap<String, PeerServiceClient<Channel>>,
     epoch: u64,
@@ -227,30 +231,31 @@ async fn fix(
     set: &[&NodeInfo],
     found: &[Copy],
 ) -> u64 {
-    let Some(best) = majority(found) else {
+    let mut good = Vec::new();
+    for (node, copy) in set.iter().zip(found) {
+        if !matches!(copy, Copy::Good(_)) {
+            continue;
+        }
+        let Some(client) = peers.get_mut(&node.id) else {
+            continue;
+        };
+        let req = v1::FetchObjectRequest {
+            oid: oid.raw(),
+            epoch,
+        };
+        if let Ok(resp) = client.fetch_object(req).await
+            && let Some(copy) = whole_copy(resp.into_inner(), copies)
+        {
+            good.push(copy);
+        }
+    }
+    let Some(merged) = store::merge(&good) else {
         return 0;
     };
-    let Some(source) = set
-        .iter()
-        .zip(found)
-        .find(|(_, c)| **c == Copy::Good(best))
-        .map(|(n, _)| n.id.clone())
-    else {
-        return 0;
-    };
-    let Some(client) = peers.get_mut(&source) else {
-        return 0;
-    };
-    let Ok(good) = client
-        .fetch_object(v1::FetchObjectRequest { oid: oid.raw() })
-        .await
-    else {
-        return 0;
-    };
-    let good = good.into_inner();
+    let digest = xxhash_rust::xxh3::xxh3_64(&merged.data);
     let mut repaired = 0;
     for (node, copy) in set.iter().zip(found) {
-        if matches!(copy, Copy::Good(d) if *d == best) || *copy == Copy::Unreachable {
+        if *copy == Copy::Good(digest) || *copy == Copy::Unreachable {
             continue;
         }
         let Some(client) = peers.get_mut(&node.id) else {
@@ -259,13 +264,37 @@ async fn fix(
         let put = v1::PutObjectRequest {
             epoch,
             oid: oid.raw(),
-            capacity: good.capacity,
+            capacity: merged.spec.capacity,
             copies: u32::from(copies),
-            data: good.data.clone(),
+            data: merged.data.clone().into(),
+            floor: merged.floor,
+            versions: crate::peer::encode_versions(&merged.versions).into(),
+            if_absent: false,
         };
         if client.put_object(put).await.is_ok() {
             repaired += 1;
         }
     }
     repaired
+}
+
+/// A fetched copy, if it is one.
+fn whole_copy(resp: v1::FetchObjectResponse, copies: u8) -> Option<store::Copy> {
+    if !resp.found {
+        return None;
+    }
+    let versions = resp
+        .versions
+        .chunks(8)
+        .map(|c| c.try_into().ok().map(u64::from_le_bytes))
+        .collect::<Option<Vec<u64>>>()?;
+    Some(store::Copy {
+        spec: store::ObjectSpec {
+            capacity: resp.capacity,
+            copies,
+        },
+        floor: resp.floor,
+        versions,
+        data: resp.data.into(),
+    })
 }

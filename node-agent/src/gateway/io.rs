@@ -1,15 +1,23 @@
 //! Volume data I/O: split at object boundaries, resolve each object's owner in the data table.
 //!
+//! **Coherence between gateways.** Any number of gateways may have a volume open. A data-table
+//! entry only ever moves toward the volume's own vid (0 -> vid on a first write, ancestor -> vid
+//! on a copy-on-write); a whole-object TRIM leaves the entry and removes the object, which then
+//! reads as zeros. So a cached entry equal to the volume's vid is always right, and any other
+//! cached entry is read again from the inode's replicas before it is used: a gateway sees
+//! another's first writes and copies as soon as they are acknowledged.
+//!
 //! Copy-on-write: the first write to an object that an ancestor snapshot owns reads that
-//! object whole, writes it with the new data merged in under the volume's own vid, and only
-//! then points the table entry at it. A crash between the two leaves an unreferenced object
-//! that the next write replaces. Writes hold the volume's freeze gate while they run.
+//! object whole and creates the volume's own copy on every replica that has none (at version
+//! 0, older than any write, so a copy another gateway made first is kept with its writes),
+//! then writes the new data over it and points the table entry at it. Writes hold the
+//! volume's freeze gate while they run.
 
 use super::{Gateway, GatewayError, Result, Volume};
 use crate::freeze::Entered;
 use crate::store::ObjectSpec;
 use bytes::Bytes;
-use sheepdog_model::{BLOCK_SIZE, ObjectId};
+use sheepdog_model::{BLOCK_SIZE, Inode, ObjectId};
 
 /// One object's part of a volume byte range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +77,9 @@ impl Gateway {
             self.follow(volume, vid, change).await?;
         }
         let layout = check(volume, offset, len, false)?;
+        let owners = self.owners(volume, &layout, offset, len).await?;
         let mut buf = vec![0u8; len as usize];
-        for seg in segments(layout.object_size, offset, len) {
-            let owner = owner(volume, seg.index);
+        for (seg, owner) in segments(layout.object_size, offset, len).zip(owners) {
             if owner == 0 {
                 continue;
             }
@@ -112,29 +120,25 @@ impl Gateway {
     pub async fn zero(&self, volume: &Volume, offset: u64, len: u64, fua: bool) -> Result<()> {
         let _entered = self.enter(volume).await?;
         let layout = check(volume, offset, len, true)?;
-        for seg in segments(layout.object_size, offset, len) {
-            let owner = owner(volume, seg.index);
+        let owners = self.owners(volume, &layout, offset, len).await?;
+        for (seg, owner) in segments(layout.object_size, offset, len).zip(owners) {
             let whole = seg.len == layout.object_size;
+            let oid = ObjectId::data(layout.vid, seg.index);
             if owner == 0 {
                 continue;
             }
-            if owner != layout.vid {
-                if whole {
-                    // The ancestor keeps its object; this volume just stops reading it.
-                    self.set_owner(volume, seg.index, 0, fua).await?;
-                } else {
-                    self.copy_on_write(volume, &layout, seg, None, fua).await?;
-                }
-                continue;
-            }
-            let oid = ObjectId::data(layout.vid, seg.index);
-            if whole {
-                self.replicas.remove(oid, layout.copies).await?;
-                self.set_owner(volume, seg.index, 0, fua).await?;
-            } else {
+            if owner == layout.vid && whole {
+                self.replicas.remove(oid, layout.spec()).await?;
+            } else if owner == layout.vid {
                 self.replicas
-                    .zero(oid, layout.copies, seg.offset, seg.len, fua)
+                    .zero(oid, layout.spec(), seg.offset, seg.len, fua)
                     .await?;
+            } else if whole {
+                // The ancestor keeps its object; this volume owns an empty one from now on.
+                self.replicas.remove(oid, layout.spec()).await?;
+                self.set_owner(volume, seg.index, layout.vid, fua).await?;
+            } else {
+                self.copy_on_write(volume, &layout, seg, None, fua).await?;
             }
         }
         Ok(())
@@ -143,6 +147,51 @@ impl Gateway {
     /// Makes every completed write durable.
     pub async fn flush(&self) -> Result<()> {
         self.replicas.flush().await
+    }
+
+    /// The owner of every object `offset..offset+len` touches. Entries cached as the volume's
+    /// own are final; the others are read again from the inode's replicas (another gateway
+    /// may have written or copied the object since), and the cache learns what they say.
+    async fn owners(
+        &self,
+        volume: &Volume,
+        layout: &Layout,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u32>> {
+        let cached: Vec<u32> = segments(layout.object_size, offset, len)
+            .map(|seg| owner(volume, seg.index))
+            .collect();
+        let (Some(first), Some(last)) = (
+            cached.iter().position(|&o| o != layout.vid),
+            cached.iter().rposition(|&o| o != layout.vid),
+        ) else {
+            return Ok(cached);
+        };
+        if volume.inode.read().unwrap().snapshot {
+            // A snapshot's table never changes.
+            return Ok(cached);
+        }
+        let index = (offset / layout.object_size) as u32;
+        let (from, count) = (index + first as u32, last - first + 1);
+        let fresh = self
+            .replicas
+            .read(
+                ObjectId::inode(layout.vid),
+                layout.copies,
+                Inode::table_offset(from),
+                4 * count,
+            )
+            .await?;
+        let mut owners = cached;
+        for (k, entry) in fresh.chunks(4).enumerate() {
+            let entry = u32::from_le_bytes(entry.try_into().unwrap());
+            if owners[first + k] != layout.vid {
+                owners[first + k] = entry;
+                learn_owner(volume, from + k as u32, entry);
+            }
+        }
+        Ok(owners)
     }
 
     /// Holds the volume's freeze gate, following the volume to a new vid if a snapshot or
@@ -173,8 +222,8 @@ impl Gateway {
             .await
     }
 
-    /// Copies an ancestor's object into this volume with `part` (or zeros) merged in, then
-    /// points the table entry at the copy.
+    /// Copies an ancestor's object into this volume where no gateway has yet, writes `part`
+    /// (or zeros) over it, then points the table entry at the copy.
     async fn copy_on_write(
         &self,
         volume: &Volume,
@@ -185,77 +234,51 @@ impl Gateway {
     ) -> Result<()> {
         let stripe = (seg.index as usize ^ layout.vid as usize) % self.cow_locks.len();
         let _cow = self.cow_locks[stripe].lock().await;
-        let source = owner(volume, seg.index);
-        if source == layout.vid || source == 0 {
-            // Another write copied it meanwhile (or it was freed): write in place.
-            return match part {
-                Some(part) => {
-                    self.write_own(layout, seg, part, fua).await?;
-                    if source == 0 {
-                        self.set_owner(volume, seg.index, layout.vid, fua).await?;
-                    }
-                    Ok(())
-                }
-                None if source == 0 => Ok(()),
-                None => {
-                    let oid = ObjectId::data(layout.vid, seg.index);
-                    self.replicas
-                        .zero(oid, layout.copies, seg.offset, seg.len, fua)
-                        .await
-                }
-            };
-        }
-        let from = ObjectId::data(source, seg.index);
-        let mut object = self
-            .replicas
-            .read(from, layout.copies, 0, layout.object_size as usize)
-            .await?;
-        object.resize(layout.object_size as usize, 0);
-        let range = seg.offset as usize..(seg.offset + seg.len) as usize;
-        match part {
-            Some(part) => object[range].copy_from_slice(&part),
-            None => object[range].fill(0),
-        }
+        let range = seg.offset..seg.offset + seg.len;
+        let source = self
+            .owners(volume, layout, u64::from(seg.index) * layout.object_size, 1)
+            .await?[0];
         let oid = ObjectId::data(layout.vid, seg.index);
-        // A copy left by an interrupted earlier attempt must not show through the holes.
-        self.replicas.remove(oid, layout.copies).await?;
-        let runs = nonzero_runs(&object);
-        if runs.is_empty() {
-            return self.set_owner(volume, seg.index, 0, fua).await;
-        }
-        let object = Bytes::from(object);
-        for run in runs {
-            let data = object.slice(run.clone());
+        if source != layout.vid && source != 0 {
+            let from = ObjectId::data(source, seg.index);
+            let mut object = self
+                .replicas
+                .read(from, layout.copies, 0, layout.object_size as usize)
+                .await?;
+            let used = object
+                .chunks(BLOCK_SIZE as usize)
+                .rposition(|b| b.iter().any(|&x| x != 0));
+            object.truncate(used.map_or(0, |i| (i + 1) * BLOCK_SIZE as usize));
             self.replicas
-                .write(oid, layout.spec(), run.start as u64, data, fua)
+                .put_if_absent(oid, layout.spec(), Bytes::from(object))
                 .await?;
         }
-        self.set_owner(volume, seg.index, layout.vid, fua).await
+        match part {
+            Some(part) => self.write_own(layout, seg, part, fua).await?,
+            None if source == 0 => return Ok(()),
+            None => {
+                self.replicas
+                    .zero(oid, layout.spec(), range.start, seg.len, fua)
+                    .await?
+            }
+        }
+        if source != layout.vid {
+            self.set_owner(volume, seg.index, layout.vid, fua).await?;
+        }
+        Ok(())
     }
 }
 
-/// The byte ranges of `object` to write so that the copy reads the same, holes left out:
-/// runs of non-zero 4 KiB blocks, or the whole object when it is too fragmented to be worth it.
-fn nonzero_runs(object: &[u8]) -> Vec<std::ops::Range<usize>> {
-    const MOST_RUNS: usize = 16;
-    let block = BLOCK_SIZE as usize;
-    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
-    for (i, chunk) in object.chunks(block).enumerate() {
-        if chunk.iter().all(|&b| b == 0) {
-            continue;
-        }
-        let start = i * block;
-        let end = start + chunk.len();
-        match runs.last_mut() {
-            Some(last) if last.end == start => last.end = end,
-            _ => runs.push(start..end),
-        }
+/// Records in the cache what the stored table says of object `index`, when that is the
+/// volume's own vid (entries only ever move toward it).
+fn learn_owner(volume: &Volume, index: u32, entry: u32) {
+    let mut inode = volume.inode.write().unwrap();
+    let vid = inode.vid;
+    if entry == vid
+        && let Some(slot) = inode.data_vids.get_mut(index as usize)
+    {
+        *slot = vid;
     }
-    if runs.len() > MOST_RUNS {
-        runs.clear();
-        runs.push(0..object.len());
-    }
-    runs
 }
 
 fn owner(volume: &Volume, index: u32) -> u32 {
@@ -317,20 +340,5 @@ mod tests {
             ]
         );
         assert_eq!(segments(100, 0, 0).count(), 0);
-    }
-
-    #[test]
-    fn copies_leave_zero_blocks_out() {
-        let mut object = vec![0u8; 64 << 10];
-        assert!(nonzero_runs(&object).is_empty());
-        object[5000] = 1;
-        object[8192] = 1;
-        object[40000] = 1;
-        assert_eq!(nonzero_runs(&object), vec![4096..12288, 36864..40960]);
-        object.resize(4 << 20, 0);
-        for i in (0..object.len()).step_by(8192) {
-            object[i] = 1;
-        }
-        assert_eq!(nonzero_runs(&object), vec![0..object.len()]);
     }
 }

@@ -3,15 +3,16 @@
 
 use super::{GatewayError, Result};
 use crate::cluster::{ClusterView, Epoch};
-use crate::local::Local;
+use crate::local::{Local, Mutation};
 use crate::peer::{Peers, ReplicaError};
 use crate::recovery::catch_up;
 use crate::store::{ObjectSpec, ObjectStore};
 use bytes::Bytes;
 use sheepdog_model::{ClusterMap, NodeInfo, ObjectId};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Pause between attempts while a replica is unreachable.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -20,7 +21,6 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 enum Op {
     Write {
-        spec: ObjectSpec,
         offset: u64,
         data: Bytes,
         fua: bool,
@@ -30,8 +30,17 @@ enum Op {
         len: u64,
         fua: bool,
     },
+    /// The whole object: it becomes a tombstone.
     Remove,
+    /// A copy-on-write copy: created at version 0 where absent, left alone where present.
+    PutIfAbsent {
+        data: Bytes,
+    },
 }
+
+/// How many times a change is sent again with a newer version because a replica held a
+/// newer one (another gateway wrote meanwhile) before it fails.
+const MOST_REVERSIONS: u32 = 16;
 
 /// Replicated I/O on objects.
 ///
@@ -40,19 +49,29 @@ enum Op {
 ///   map (in distinct zones when there are enough), the same on every node;
 /// - a write, zero or remove is sent to every replica in parallel and acknowledged only when
 ///   all of them have applied it; with `fua` it is durable on each of them;
+/// - every change carries a version from this gateway's clock, newer than any version this
+///   gateway has issued or seen; a replica applies it only to blocks whose version is older,
+///   so a late or repeated request never overwrites a newer write. A replica that holds a
+///   newer version of a block (a gateway whose clock ran ahead wrote it) says so, and the
+///   change is sent again to every replica with a version past it: of two writes one after
+///   the other through two gateways, the second always wins;
 /// - a replica on another epoch refuses; this node then adopts the newer map (or pushes its
 ///   own) and retries at once with the replica set of the newest map;
-/// - while a replica is unreachable the operation is retried until a new epoch removes that
-///   node (failure detection), then applied to the new set; a retry skips the replicas that
-///   already applied it; after `io_timeout` without success it fails;
+/// - while a replica is unreachable (or failing) the operation is retried until a new epoch
+///   removes that node (failure detection), then applied to the new set; a retry skips the
+///   replicas that already applied it and carries the same version; after `io_timeout`
+///   without success it fails;
 /// - when the current map gives fewer than `min_copies` replicas, writes are refused at once;
 /// - a read is served by one replica (this node first when it is one), falling over to the
 ///   others when a copy is unreachable or corrupt;
+/// - a flush returns only when every write this gateway completed before it is durable,
+///   including writes a concurrent flush was already syncing;
 /// - no I/O is served while this node's lease has lapsed (it cannot reach the coordinator), so
 ///   a partitioned node acknowledges nothing on a stale epoch.
 ///
 /// Not guaranteed: atomicity across replicas of a write that fails (replicas may differ in the
-/// range of an unacknowledged write, as a local disk may after a crash).
+/// range of an unacknowledged write, as a local disk may after a crash, until recovery or
+/// `dog cluster check --repair` merges them, newest version first).
 pub struct Replicas {
     view: Arc<ClusterView>,
     local: Arc<Local>,
@@ -61,6 +80,40 @@ pub struct Replicas {
     io_timeout: Duration,
     /// Nodes written since the last flush.
     dirty: Mutex<HashSet<String>>,
+    /// One flush at a time: a second one must not return while the first still syncs.
+    flushing: tokio::sync::Mutex<()>,
+    clock: VersionClock,
+}
+
+/// Versions for changes: nanoseconds of wall-clock time, never repeating or going back, and
+/// moved past any newer version seen (a hybrid logical clock).
+#[derive(Default)]
+pub struct VersionClock {
+    last: AtomicU64,
+}
+
+impl VersionClock {
+    pub fn next(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut last = self.last.load(Ordering::Acquire);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .last
+                .compare_exchange(last, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// Moves the clock past `version`.
+    pub fn observe(&self, version: u64) {
+        self.last.fetch_max(version, Ordering::AcqRel);
+    }
 }
 
 impl Replicas {
@@ -78,6 +131,8 @@ impl Replicas {
             min_copies,
             io_timeout,
             dirty: Mutex::default(),
+            flushing: tokio::sync::Mutex::new(()),
+            clock: VersionClock::default(),
         }
     }
 
@@ -171,37 +226,35 @@ impl Replicas {
         data: Bytes,
         fua: bool,
     ) -> Result<()> {
-        self.mutate(
-            oid,
-            spec.copies,
-            Op::Write {
-                spec,
-                offset,
-                data,
-                fua,
-            },
-        )
-        .await
+        self.mutate(oid, spec, Op::Write { offset, data, fua })
+            .await
     }
 
     pub async fn zero(
         &self,
         oid: ObjectId,
-        copies: u8,
+        spec: ObjectSpec,
         offset: u64,
         len: u64,
         fua: bool,
     ) -> Result<()> {
-        self.mutate(oid, copies, Op::Zero { offset, len, fua })
-            .await
+        self.mutate(oid, spec, Op::Zero { offset, len, fua }).await
     }
 
-    pub async fn remove(&self, oid: ObjectId, copies: u8) -> Result<()> {
-        self.mutate(oid, copies, Op::Remove).await
+    /// Removes an object: every replica keeps a tombstone that refuses older changes.
+    pub async fn remove(&self, oid: ObjectId, spec: ObjectSpec) -> Result<()> {
+        self.mutate(oid, spec, Op::Remove).await
+    }
+
+    /// Creates `oid` holding `data` at version 0 on every replica that has no copy of it: the
+    /// copy of a copy-on-write, which any number of gateways may make at once.
+    pub async fn put_if_absent(&self, oid: ObjectId, spec: ObjectSpec, data: Bytes) -> Result<()> {
+        self.mutate(oid, spec, Op::PutIfAbsent { data }).await
     }
 
     /// Makes every write this gateway completed before the call durable on every replica.
     pub async fn flush(&self) -> Result<()> {
+        let _one_at_a_time = self.flushing.lock().await;
         let mut nodes: HashSet<String> = std::mem::take(&mut *self.dirty.lock().unwrap());
         let deadline = Instant::now() + self.io_timeout;
         while !nodes.is_empty() {
@@ -231,7 +284,9 @@ impl Replicas {
                     Err(e @ ReplicaError::Epoch { .. }) => {
                         catch_up(&self.view, &self.peers, node, &e).await
                     }
-                    Err(e @ ReplicaError::Unreachable { .. }) => last = Some(e),
+                    Err(e @ (ReplicaError::Unreachable { .. } | ReplicaError::Failed { .. })) => {
+                        last = Some(e)
+                    }
                     Err(e) => {
                         self.dirty.lock().unwrap().extend(nodes);
                         return Err(e.into());
@@ -248,15 +303,17 @@ impl Replicas {
         Ok(())
     }
 
-    async fn mutate(&self, oid: ObjectId, copies: u8, op: Op) -> Result<()> {
+    async fn mutate(&self, oid: ObjectId, spec: ObjectSpec, op: Op) -> Result<()> {
         let deadline = Instant::now() + self.io_timeout;
+        let mut version = self.clock.next();
+        let mut reversions = 0;
         // Replicas that have applied the operation: a retry goes only to the others (a node
         // that stays in a newer replica set still has it).
         let mut applied: HashSet<String> = HashSet::new();
         loop {
             let epoch = self.admit(deadline).await?;
-            let set = epoch.replicas(oid, copies);
-            let need = self.min_copies(copies);
+            let set = epoch.replicas(oid, spec.copies);
+            let need = self.min_copies(spec.copies);
             if set.len() < need {
                 tracing::warn!(object = %oid, epoch = epoch.epoch(), replicas = set.len(), need, "refusing write: fewer live replicas than minCopies");
                 return Err(GatewayError::NotEnoughReplicas {
@@ -275,14 +332,16 @@ impl Replicas {
             let results = futures::future::join_all(
                 targets
                     .iter()
-                    .map(|node| self.apply(&epoch, node, oid, &op)),
+                    .map(|node| self.apply(&epoch, node, oid, spec, &op, version)),
             )
             .await;
             let mut retry = None;
             let mut refused = false;
+            let mut newer = None;
             for (node, result) in targets.iter().zip(results) {
                 match result {
-                    Ok(()) => {
+                    Ok(seen) => {
+                        newer = newer.max(seen);
                         self.dirty.lock().unwrap().insert(node.id.clone());
                         applied.insert(node.id.clone());
                     }
@@ -290,16 +349,33 @@ impl Replicas {
                         catch_up(&self.view, &self.peers, node, &e).await;
                         refused = true;
                     }
-                    Err(e @ ReplicaError::Unreachable { .. }) => retry = Some(e),
+                    Err(e @ (ReplicaError::Unreachable { .. } | ReplicaError::Failed { .. })) => {
+                        tracing::debug!(object = %oid, error = %e, "replica change failed; retrying");
+                        retry = Some(e)
+                    }
                     Err(
                         e @ (ReplicaError::Corrupt { .. }
                         | ReplicaError::DiskFull { .. }
-                        | ReplicaError::Invalid { .. }
-                        | ReplicaError::Failed { .. }),
+                        | ReplicaError::Invalid { .. }),
                     ) => {
                         return Err(e.into());
                     }
                 }
+            }
+            if let Some(seen) = newer {
+                // A replica held a newer version of some block: this gateway's clock is
+                // behind another's. Send the change again, newer, to every replica.
+                reversions += 1;
+                if reversions > MOST_REVERSIONS {
+                    return Err(GatewayError::TimedOut {
+                        what: format!("object {oid}"),
+                        reason: "other gateways kept writing newer versions".into(),
+                    });
+                }
+                self.clock.observe(seen);
+                version = self.clock.next();
+                applied.clear();
+                continue;
             }
             if refused {
                 continue;
@@ -314,41 +390,53 @@ impl Replicas {
         }
     }
 
+    /// Applies `op` at `version` on one replica; the newer version it found, if any.
     async fn apply(
         &self,
         epoch: &Epoch,
         node: &NodeInfo,
         oid: ObjectId,
+        spec: ObjectSpec,
         op: &Op,
-    ) -> std::result::Result<(), ReplicaError> {
+        version: u64,
+    ) -> std::result::Result<Option<u64>, ReplicaError> {
         let e = epoch.epoch();
         if node.id == self.self_id() {
-            return match op.clone() {
-                Op::Write {
-                    spec,
-                    offset,
-                    data,
-                    fua,
-                } => self.local.write(epoch, oid, spec, offset, data, fua).await,
-                Op::Zero { offset, len, fua } => {
-                    self.local.zero(epoch, oid, offset, len, fua).await
+            let (mutation, fua) = match op.clone() {
+                Op::Write { offset, data, fua } => (Mutation::Write { offset, data }, fua),
+                Op::Zero { offset, len, fua } => (Mutation::Zero { offset, len }, fua),
+                Op::Remove => (Mutation::Remove, false),
+                Op::PutIfAbsent { data } => {
+                    return self
+                        .local
+                        .put_if_absent(epoch, oid, spec, data)
+                        .await
+                        .map(|_| None);
                 }
-                Op::Remove => self.local.remove(epoch, oid).await,
             };
+            let applied = self
+                .local
+                .change(epoch, oid, spec, mutation, version, fua)
+                .await?;
+            return Ok(applied.newer);
         }
         match op.clone() {
-            Op::Write {
-                spec,
-                offset,
-                data,
-                fua,
-            } => {
+            Op::Write { offset, data, fua } => {
                 self.peers
-                    .write(node, e, oid, spec, offset, data, fua)
+                    .write(node, e, oid, spec, offset, data, version, fua)
                     .await
             }
-            Op::Zero { offset, len, fua } => self.peers.zero(node, e, oid, offset, len, fua).await,
-            Op::Remove => self.peers.remove(node, e, oid).await,
+            Op::Zero { offset, len, fua } => {
+                self.peers
+                    .zero(node, e, oid, spec, offset, len, version, fua)
+                    .await
+            }
+            Op::Remove => self.peers.remove(node, e, oid, spec, version, false).await,
+            Op::PutIfAbsent { data } => self
+                .peers
+                .put_if_absent(node, e, oid, spec, data)
+                .await
+                .map(|_| None),
         }
     }
 

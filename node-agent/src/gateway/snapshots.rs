@@ -16,9 +16,10 @@
 //! cluster across a snapshot, rollback or delete, so that the snapshot holds exactly the
 //! writes acknowledged before it.
 
-use super::volumes::now_ns;
+use super::volumes::{inode_spec, now_ns};
 use super::{Gateway, GatewayError, Result, Volume};
 use crate::freeze::Change;
+use crate::store::ObjectSpec;
 use sheepdog_model::directory::Repair;
 use sheepdog_model::inode;
 use sheepdog_model::{Directory, Inode, ObjectId};
@@ -75,7 +76,7 @@ impl Gateway {
                 Repair::Delete(_) => inode.deleted = true,
             }
             tracing::warn!(vdi.id = vid, repair = ?repair, "finishing an interrupted volume operation");
-            self.store_inode(&inode).await?;
+            self.store_inode_header(&inode).await?;
         }
         self.collect_garbage().await?;
         self.load_directory().await
@@ -104,7 +105,7 @@ impl Gateway {
             let mut snapshot = self.read_inode(ObjectId::inode(old_vid), copies).await?;
             snapshot.tag = tag.clone();
             snapshot.ctime_ns = now_ns();
-            self.store_inode(&snapshot).await?;
+            self.store_inode_header(&snapshot).await?;
             let mut next = snapshot.clone();
             next.vid = new_vid;
             next.parent_vid = old_vid;
@@ -127,7 +128,7 @@ impl Gateway {
             .await;
         let frozen = started.elapsed();
         snapshot.snapshot = true;
-        self.store_inode(&snapshot).await?;
+        self.store_inode_header(&snapshot).await?;
         tracing::info!(
             volume.name = name,
             tag,
@@ -234,7 +235,7 @@ impl Gateway {
     async fn commit(&self, inode: &Inode) -> Result<()> {
         if let Err(e) = self.store_inode(inode).await {
             let oid = ObjectId::inode(inode.vid);
-            if let Err(undo) = self.replicas.remove(oid, inode.copies).await {
+            if let Err(undo) = self.replicas.remove(oid, inode_spec(inode.copies)).await {
                 tracing::error!(object = %oid, error = %undo, "cannot remove the inode of a failed operation; the next operation finishes or undoes it");
             }
             return Err(e);
@@ -248,7 +249,7 @@ impl Gateway {
         };
         let mut inode = self.read_inode(ObjectId::inode(vid), inode.copies).await?;
         inode.deleted = true;
-        self.store_inode(&inode).await
+        self.store_inode_header(&inode).await
     }
 
     /// Frees the objects of deleted inodes that nothing reads, then the inodes themselves.
@@ -261,13 +262,16 @@ impl Gateway {
             self.replicas.view().add_retired(&garbage.inodes);
         }
         for &oid in &garbage.objects {
-            let copies = dir.get(oid.vid()).map_or(1, |i| i.copies);
-            self.replicas.remove(oid, copies).await?;
+            let spec = dir.get(oid.vid()).map_or(inode_spec(1), |i| ObjectSpec {
+                capacity: u64::from(i.object_size),
+                copies: i.copies,
+            });
+            self.replicas.remove(oid, spec).await?;
         }
         for &vid in &garbage.inodes {
             if let Some(inode) = dir.get(vid) {
                 self.replicas
-                    .remove(ObjectId::inode(vid), inode.copies)
+                    .remove(ObjectId::inode(vid), inode_spec(inode.copies))
                     .await?;
             }
         }
@@ -311,7 +315,7 @@ impl Gateway {
     /// Freezes writes to `vid` on every node of the cluster. A node that does not answer is
     /// retried until it answers or leaves the cluster map (then it is fenced and cannot
     /// write); if that takes too long the operation fails and the volume is thawed.
-    async fn freeze_everywhere(&self, vid: u32) -> Result<()> {
+    pub(super) async fn freeze_everywhere(&self, vid: u32) -> Result<()> {
         let deadline = Instant::now() + FREEZE_WAIT;
         let nodes = self.replicas.view().current().map.nodes.clone();
         let mut frozen = Vec::new();
@@ -364,7 +368,7 @@ impl Gateway {
         Ok(())
     }
 
-    async fn thaw_everywhere(&self, vid: u32, change: Option<Change>) {
+    pub(super) async fn thaw_everywhere(&self, vid: u32, change: Option<Change>) {
         let nodes = self.replicas.view().current().map.nodes.clone();
         for node in &nodes {
             self.thaw_node(node, vid, change).await;
@@ -382,8 +386,9 @@ impl Gateway {
         }
     }
 
-    /// Moves a working volume's handle to what replaced its vid. A successor that is gone
-    /// already (a later rollback or delete) or a freeze that expired means a look-up by name.
+    /// Moves a working volume's handle to what replaced its vid (`Replaced` with the same vid:
+    /// read its inode again). A successor that is gone already (a later rollback or delete) or
+    /// a freeze that expired means a look-up by name.
     pub(super) async fn follow(&self, volume: &Volume, vid: u32, change: Change) -> Result<()> {
         let (name, copies) = {
             let inode = volume.inode.read().unwrap();
@@ -408,6 +413,8 @@ impl Gateway {
             }
         };
         if inode.vid == vid {
+            // Still this vid (a resize, or an expired freeze): take its new header.
+            volume.refresh(inode);
             self.freezer.clear(vid);
         } else {
             self.retarget(volume, inode);

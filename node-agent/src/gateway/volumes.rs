@@ -6,6 +6,7 @@
 //! Snapshots, clones, rollback and delete are in `snapshots.rs`.
 
 use super::{Gateway, GatewayError, Result, Volume};
+use crate::freeze::Change;
 use crate::store::ObjectSpec;
 use sheepdog_model::inode::{self, INODE_OBJECT_CAPACITY};
 use sheepdog_model::oid::MAX_VID;
@@ -90,27 +91,18 @@ impl Gateway {
         Ok(inode)
     }
 
+    /// Resizes under a freeze of the volume's writes on every node, so no write lands past a
+    /// new, smaller end; the thaw tells every gateway to read the inode again. Only the header
+    /// is rewritten: the data table on disk, which other gateways update, is left as it is
+    /// (except the entries past a new, smaller end).
     async fn resize_locked(&self, name: &str, size: u64) -> Result<Inode> {
         let volume = self.open_volume(name).await?;
-        let old = volume.inode.read().unwrap().clone();
-        let mut new = old.clone();
-        new.resize(size)?;
-        for index in new.data_vids.len()..old.data_vids.len() {
-            if old.data_vids[index] == old.vid {
-                self.replicas
-                    .remove(ObjectId::data(old.vid, index as u32), old.copies)
-                    .await?;
-            }
-        }
-        if new.data_vids.len() < old.data_vids.len() {
-            let from = Inode::table_offset(new.data_vids.len() as u32);
-            let len = 4 * (old.data_vids.len() - new.data_vids.len()) as u64;
-            self.replicas
-                .zero(ObjectId::inode(old.vid), old.copies, from, len, false)
-                .await?;
-        }
-        self.store_inode(&new).await?;
-        *volume.inode.write().unwrap() = new.clone();
+        let vid = volume.vid();
+        self.freeze_everywhere(vid).await?;
+        let result = self.resize_frozen(&volume, size).await;
+        let change = result.as_ref().ok().map(|_| Change::Replaced(vid));
+        self.thaw_everywhere(vid, change).await;
+        let (old, new) = result?;
         tracing::info!(
             volume.name = name,
             vdi.id = new.vid,
@@ -121,21 +113,59 @@ impl Gateway {
         Ok(new)
     }
 
-    /// Writes the whole inode, header and data table, durably.
+    async fn resize_frozen(&self, volume: &Volume, size: u64) -> Result<(Inode, Inode)> {
+        let copies = volume.inode.read().unwrap().copies;
+        let old = self
+            .read_inode(ObjectId::inode(volume.vid()), copies)
+            .await?;
+        let mut new = old.clone();
+        new.resize(size)?;
+        let spec = ObjectSpec {
+            capacity: u64::from(old.object_size),
+            copies: old.copies,
+        };
+        for index in new.data_vids.len()..old.data_vids.len() {
+            if old.data_vids[index] == old.vid {
+                self.replicas
+                    .remove(ObjectId::data(old.vid, index as u32), spec)
+                    .await?;
+            }
+        }
+        if new.data_vids.len() < old.data_vids.len() {
+            let from = Inode::table_offset(new.data_vids.len() as u32);
+            let len = 4 * (old.data_vids.len() - new.data_vids.len()) as u64;
+            self.replicas
+                .zero(
+                    ObjectId::inode(old.vid),
+                    inode_spec(old.copies),
+                    from,
+                    len,
+                    false,
+                )
+                .await?;
+        }
+        self.store_inode_header(&new).await?;
+        *volume.inode.write().unwrap() = new.clone();
+        Ok((old, new))
+    }
+
+    /// Writes the whole inode, header and data table, durably: for a new inode.
     pub(super) async fn store_inode(&self, inode: &Inode) -> Result<()> {
         let oid = ObjectId::inode(inode.vid);
         let bytes = bytes::Bytes::from(inode.encode());
         self.replicas
-            .write(
-                oid,
-                ObjectSpec {
-                    capacity: INODE_OBJECT_CAPACITY,
-                    copies: inode.copies,
-                },
-                0,
-                bytes,
-                true,
-            )
+            .write(oid, inode_spec(inode.copies), 0, bytes, true)
+            .await
+    }
+
+    /// Writes only the inode's header, durably: the data table on disk is the truth for the
+    /// entries, which gateways update one at a time.
+    pub(super) async fn store_inode_header(&self, inode: &Inode) -> Result<()> {
+        let oid = ObjectId::inode(inode.vid);
+        let mut header = vec![0u8; inode::HEADER_LEN];
+        inode.encode_header(&mut header);
+        self.replicas
+            .write(oid, inode_spec(inode.copies), 0, header.into(), true)
             .await
     }
 
@@ -154,16 +184,7 @@ impl Gateway {
         let entry = bytes::Bytes::copy_from_slice(&owner.to_le_bytes());
         let (oid, at) = (ObjectId::inode(vid), Inode::table_offset(index));
         self.replicas
-            .write(
-                oid,
-                ObjectSpec {
-                    capacity: INODE_OBJECT_CAPACITY,
-                    copies,
-                },
-                at,
-                entry,
-                fua,
-            )
+            .write(oid, inode_spec(copies), at, entry, fua)
             .await?;
         if let Some(slot) = volume
             .inode
@@ -258,7 +279,10 @@ impl Gateway {
             .store()
             .list()
             .into_iter()
-            .filter(|(o, _)| o.is_inode() && !self.replicas.view().is_retired(o.vid()))
+            .filter(|(o, m)| {
+                o.is_inode() && !m.tombstone && !self.replicas.view().is_retired(o.vid())
+            })
+            .map(|(o, m)| (o, m.copies))
             .collect();
         let view = self.replicas.view().current();
         for node in view
@@ -268,7 +292,11 @@ impl Gateway {
             .filter(|n| n.id != self.replicas.self_id())
         {
             match self.replicas.peers().list(node, view.epoch(), true).await {
-                Ok(list) => found.extend(list.into_iter().filter(|(o, _)| o.is_inode())),
+                Ok(list) => found.extend(
+                    list.into_iter()
+                        .filter(|(o, m)| o.is_inode() && !m.tombstone)
+                        .map(|(o, m)| (o, m.copies)),
+                ),
                 Err(e) => {
                     tracing::debug!(node.id = %node.id, error = %e, "cannot list a node's volumes")
                 }
@@ -311,6 +339,14 @@ fn free_vid(dir: &Directory, name: &str, retired: impl Fn(u32) -> bool) -> Resul
         .map(|i| (start + i) % MAX_VID + 1)
         .find(|&vid| !dir.vid_in_use(vid) && !retired(vid))
         .ok_or(GatewayError::VidsExhausted)
+}
+
+/// What an inode object is stored as.
+pub(super) fn inode_spec(copies: u8) -> ObjectSpec {
+    ObjectSpec {
+        capacity: INODE_OBJECT_CAPACITY,
+        copies,
+    }
 }
 
 pub(super) fn now_ns() -> u64 {

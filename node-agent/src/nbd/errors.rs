@@ -52,6 +52,7 @@ fn store_errno(err: &StoreError) -> u32 {
         | StoreError::BadHeader { .. }
         | StoreError::Sync { .. }
         | StoreError::RemoveObject { .. }
-        | StoreError::OpenDir { .. } => EIO,
+        | StoreError::OpenDir { .. }
+        | StoreError::DiskFailed { .. } => EIO,
     }
 }

@@ -4,7 +4,7 @@ use super::frame_client::Connection;
 use super::frames::{Op, Request, Status};
 use super::{MAX_MESSAGE, ReplicaError};
 use crate::freeze::Change;
-use crate::store::ObjectSpec;
+use crate::store::{Copy, Meta, ObjectSpec};
 use bytes::Bytes;
 use sheepdog_api::v1;
 use sheepdog_api::v1::peer_service_client::PeerServiceClient;
@@ -70,20 +70,25 @@ impl Peers {
         Ok(conn)
     }
 
-    /// One request on the data channel; the reply's body, or the error it carries.
-    async fn frame(&self, node: &NodeInfo, request: Request, payload: &Bytes) -> Reply<Bytes> {
+    /// One request on the data channel; the reply's body and `newer`, or the error it carries.
+    async fn frame(
+        &self,
+        node: &NodeInfo,
+        request: Request,
+        payload: &Bytes,
+    ) -> Reply<(Bytes, u64)> {
         let conn = self.connection(node).await?;
         let (reply, body) = conn
             .call(&node.id, request, payload, REQUEST_TIMEOUT)
             .await?;
         if reply.status == Status::Ok {
-            return Ok(body);
+            return Ok((body, reply.newer));
         }
         // Only an error's body is a message: a read's data is never decoded as text.
         let message = String::from_utf8_lossy(&body).into_owned();
         match reply.status.error(&node.id, reply.epoch, message) {
             Some(e) => Err(e),
-            None => Ok(body),
+            None => Ok((body, reply.newer)),
         }
     }
 
@@ -105,11 +110,13 @@ impl Peers {
             offset,
             capacity: 0,
             length,
+            version: 0,
         };
-        let data = self.frame(node, request, &Bytes::new()).await?;
+        let (data, _) = self.frame(node, request, &Bytes::new()).await?;
         Ok(data.into())
     }
 
+    /// Writes at `version`; returns the newest version the node found newer, if any.
     #[allow(clippy::too_many_arguments)]
     pub async fn write(
         &self,
@@ -119,8 +126,9 @@ impl Peers {
         spec: ObjectSpec,
         offset: u64,
         data: Bytes,
+        version: u64,
         fua: bool,
-    ) -> Reply<()> {
+    ) -> Reply<Option<u64>> {
         let request = Request {
             op: Op::Write,
             fua,
@@ -131,35 +139,79 @@ impl Peers {
             offset,
             capacity: spec.capacity,
             length: data.len() as u32,
+            version,
         };
-        self.frame(node, request, &data).await.map(drop)
+        let (_, newer) = self.frame(node, request, &data).await?;
+        Ok((newer != 0).then_some(newer))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn zero(
         &self,
         node: &NodeInfo,
         epoch: u64,
         oid: ObjectId,
+        spec: ObjectSpec,
         offset: u64,
         length: u64,
+        version: u64,
         fua: bool,
-    ) -> Reply<()> {
+    ) -> Reply<Option<u64>> {
         let req = v1::ZeroObjectRequest {
             epoch,
             oid: oid.raw(),
             offset,
             length,
             fua,
+            version,
+            capacity: spec.capacity,
+            copies: u32::from(spec.copies),
         };
-        answer(node, self.client(node)?.zero_object(req).await).map(drop)
+        let newer = answer(node, self.client(node)?.zero_object(req).await)?.newer;
+        Ok((newer != 0).then_some(newer))
     }
 
-    pub async fn remove(&self, node: &NodeInfo, epoch: u64, oid: ObjectId) -> Reply<()> {
+    pub async fn remove(
+        &self,
+        node: &NodeInfo,
+        epoch: u64,
+        oid: ObjectId,
+        spec: ObjectSpec,
+        version: u64,
+        fua: bool,
+    ) -> Reply<Option<u64>> {
         let req = v1::RemoveObjectRequest {
             epoch,
             oid: oid.raw(),
+            version,
+            capacity: spec.capacity,
+            copies: u32::from(spec.copies),
+            fua,
         };
-        answer(node, self.client(node)?.remove_object(req).await).map(drop)
+        let newer = answer(node, self.client(node)?.remove_object(req).await)?.newer;
+        Ok((newer != 0).then_some(newer))
+    }
+
+    /// Creates `oid` on `node` with `data` at version 0 unless it has a copy already.
+    pub async fn put_if_absent(
+        &self,
+        node: &NodeInfo,
+        epoch: u64,
+        oid: ObjectId,
+        spec: ObjectSpec,
+        data: Bytes,
+    ) -> Reply<bool> {
+        let req = v1::PutObjectRequest {
+            epoch,
+            oid: oid.raw(),
+            capacity: spec.capacity,
+            copies: u32::from(spec.copies),
+            data,
+            floor: 0,
+            versions: Bytes::new(),
+            if_absent: true,
+        };
+        Ok(answer(node, self.client(node)?.put_object(req).await)?.stored)
     }
 
     pub async fn flush(&self, node: &NodeInfo, epoch: u64) -> Reply<()> {
@@ -173,51 +225,60 @@ impl Peers {
             offset: 0,
             capacity: 0,
             length: 0,
+            version: 0,
         };
         self.frame(node, request, &Bytes::new()).await.map(drop)
     }
 
-    /// Objects on `node` (only inodes with `inodes_only`), with their copies.
+    /// Objects on `node` (only inodes with `inodes_only`), tombstones included.
     pub async fn list(
         &self,
         node: &NodeInfo,
         epoch: u64,
         inodes_only: bool,
-    ) -> Reply<Vec<(ObjectId, u8)>> {
+    ) -> Reply<Vec<(ObjectId, Meta)>> {
         let req = v1::ListObjectsRequest { epoch, inodes_only };
         let resp = answer(node, self.client(node)?.list_objects(req).await)?;
         Ok(resp
             .objects
             .into_iter()
             .filter_map(|o| {
-                Some((
-                    ObjectId::from_raw(o.oid).ok()?,
-                    u8::try_from(o.copies).ok()?,
-                ))
+                let meta = Meta {
+                    copies: u8::try_from(o.copies).ok()?,
+                    summary: o.summary,
+                    tombstone: o.tombstone,
+                };
+                Some((ObjectId::from_raw(o.oid).ok()?, meta))
             })
             .collect())
     }
 
-    /// The whole object from `node`, if it has it.
-    pub async fn fetch(
-        &self,
-        node: &NodeInfo,
-        oid: ObjectId,
-    ) -> Reply<Option<(ObjectSpec, Vec<u8>)>> {
-        let resp = answer(
-            node,
-            self.client(node)?
-                .fetch_object(v1::FetchObjectRequest { oid: oid.raw() })
-                .await,
-        )?;
-        let copies = u8::try_from(resp.copies).unwrap_or(1);
-        Ok(resp.found.then_some((
-            ObjectSpec {
+    /// The whole object with its block versions from `node`, if it has it.
+    pub async fn fetch(&self, node: &NodeInfo, epoch: u64, oid: ObjectId) -> Reply<Option<Copy>> {
+        let req = v1::FetchObjectRequest {
+            oid: oid.raw(),
+            epoch,
+        };
+        let resp = answer(node, self.client(node)?.fetch_object(req).await)?;
+        if !resp.found {
+            return Ok(None);
+        }
+        let invalid = |message: String| ReplicaError::Invalid {
+            node: node.id.clone(),
+            message,
+        };
+        let versions = super::server::decode_versions(&resp.versions)
+            .map_err(|s| invalid(s.message().to_owned()))?;
+        let copies = u8::try_from(resp.copies).map_err(|_| invalid("copies too large".into()))?;
+        Ok(Some(Copy {
+            spec: ObjectSpec {
                 capacity: resp.capacity,
                 copies,
             },
-            resp.data.into(),
-        )))
+            floor: resp.floor,
+            versions,
+            data: resp.data.into(),
+        }))
     }
 
     pub async fn get_map(&self, node: &NodeInfo) -> Reply<ClusterMap> {

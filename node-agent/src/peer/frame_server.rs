@@ -54,15 +54,18 @@ pub async fn serve(stream: TcpStream, api: Arc<PeerApi>) {
 
 async fn answer(api: &PeerApi, writer: &Mutex<OwnedWriteHalf>, request: Request, data: Bytes) {
     let result = match request.op {
-        Op::Read => api.read_frame(&request).await.map(Bytes::from),
-        Op::Write => api.write_frame(&request, data).await.map(|()| Bytes::new()),
-        Op::Flush => api.flush_frame(&request).await.map(|()| Bytes::new()),
+        Op::Read => api.read_frame(&request).await.map(|b| (Bytes::from(b), 0)),
+        Op::Write => api
+            .write_frame(&request, data)
+            .await
+            .map(|newer| (Bytes::new(), newer)),
+        Op::Flush => api.flush_frame(&request).await.map(|()| (Bytes::new(), 0)),
     };
-    let (status, body) = match result {
-        Ok(body) => (Status::Ok, body),
+    let (status, body, newer) = match result {
+        Ok((body, newer)) => (Status::Ok, body, newer),
         Err(e) => {
             tracing::debug!(error = %e, "replica request failed");
-            (Status::of(&e), Bytes::from(e.to_string()))
+            (Status::of(&e), Bytes::from(e.to_string()), 0)
         }
     };
     let reply = Reply {
@@ -70,6 +73,7 @@ async fn answer(api: &PeerApi, writer: &Mutex<OwnedWriteHalf>, request: Request,
         id: request.id,
         epoch: api.view.epoch(),
         length: body.len() as u32,
+        newer,
     };
     let small = body.len() <= SMALL as usize;
     let mut frame = Vec::with_capacity(REPLY_LEN + if small { body.len() } else { 0 });

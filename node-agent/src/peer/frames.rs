@@ -4,7 +4,7 @@
 //! caller writes its frame straight to the socket, and one reader task per connection hands
 //! back the replies by request id. Everything else between peers stays on gRPC.
 //!
-//! Request, 56 bytes, little-endian, then `length` bytes of data for a write:
+//! Request, 64 bytes, little-endian, then `length` bytes of data for a write:
 //!
 //! | offset | size | field                                      |
 //! |--------|------|--------------------------------------------|
@@ -18,8 +18,9 @@
 //! | 32     | 8    | offset in the object                       |
 //! | 40     | 8    | capacity (writes that create the object)   |
 //! | 48     | 4    | length: bytes to read, or of data that follows |
+//! | 56     | 8    | version of a write (the gateway's version clock) |
 //!
-//! Reply, 32 bytes, then `length` bytes: the data of a read, or an error message.
+//! Reply, 40 bytes, then `length` bytes: the data of a read, or an error message.
 //!
 //! | offset | size | field                                      |
 //! |--------|------|--------------------------------------------|
@@ -28,13 +29,14 @@
 //! | 8      | 8    | request id                                 |
 //! | 16     | 8    | the replier's epoch                        |
 //! | 24     | 4    | length                                     |
+//! | 32     | 8    | newer: the newest block version a write found newer than its own (0: none) |
 
 use super::{MAX_MESSAGE, ReplicaError};
 
 pub const REQUEST_MAGIC: [u8; 4] = *b"SHDP";
 pub const REPLY_MAGIC: [u8; 4] = *b"SHDR";
-pub const REQUEST_LEN: usize = 56;
-pub const REPLY_LEN: usize = 32;
+pub const REQUEST_LEN: usize = 64;
+pub const REPLY_LEN: usize = 40;
 /// Frames with up to this much data leave in one write (header and data copied together);
 /// requests this small without FUA are also answered in the connection's own task.
 pub const SMALL: u32 = 64 << 10;
@@ -59,6 +61,7 @@ pub struct Request {
     pub offset: u64,
     pub capacity: u64,
     pub length: u32,
+    pub version: u64,
 }
 
 /// How a request ended; the error kinds of [`ReplicaError`].
@@ -80,6 +83,7 @@ pub struct Reply {
     pub id: u64,
     pub epoch: u64,
     pub length: u32,
+    pub newer: u64,
 }
 
 /// Why a frame was refused: the connection is closed after it.
@@ -106,6 +110,7 @@ impl Request {
         b[32..40].copy_from_slice(&self.offset.to_le_bytes());
         b[40..48].copy_from_slice(&self.capacity.to_le_bytes());
         b[48..52].copy_from_slice(&self.length.to_le_bytes());
+        b[56..64].copy_from_slice(&self.version.to_le_bytes());
         b
     }
 
@@ -133,6 +138,7 @@ impl Request {
             offset: u64_at(b, 32),
             capacity: u64_at(b, 40),
             length,
+            version: u64_at(b, 56),
         })
     }
 }
@@ -145,6 +151,7 @@ impl Reply {
         b[8..16].copy_from_slice(&self.id.to_le_bytes());
         b[16..24].copy_from_slice(&self.epoch.to_le_bytes());
         b[24..28].copy_from_slice(&self.length.to_le_bytes());
+        b[32..40].copy_from_slice(&self.newer.to_le_bytes());
         b
     }
 
@@ -171,6 +178,7 @@ impl Reply {
             id: u64_at(b, 8),
             epoch: u64_at(b, 16),
             length,
+            newer: u64_at(b, 32),
         })
     }
 }
@@ -225,17 +233,17 @@ mod tests {
     proptest! {
         #[test]
         fn requests_round_trip(op in 1u8..=3, fua: bool, copies: u8, id: u64, epoch: u64, oid: u64,
-                               offset: u64, capacity: u64, length in 0u32..=(MAX_MESSAGE as u32)) {
+                               offset: u64, capacity: u64, length in 0u32..=(MAX_MESSAGE as u32), version: u64) {
             let req = Request {
                 op: match op { 1 => Op::Read, 2 => Op::Write, _ => Op::Flush },
-                fua, copies, id, epoch, oid, offset, capacity, length,
+                fua, copies, id, epoch, oid, offset, capacity, length, version,
             };
             prop_assert_eq!(Request::decode(&req.encode()), Ok(req));
         }
 
         #[test]
-        fn replies_round_trip(status in 0u8..=6, id: u64, epoch: u64, length in 0u32..=(MAX_MESSAGE as u32)) {
-            let mut bytes = Reply { status: Status::Ok, id, epoch, length }.encode();
+        fn replies_round_trip(status in 0u8..=6, id: u64, epoch: u64, length in 0u32..=(MAX_MESSAGE as u32), newer: u64) {
+            let mut bytes = Reply { status: Status::Ok, id, epoch, length, newer }.encode();
             bytes[4] = status;
             let reply = Reply::decode(&bytes).unwrap();
             prop_assert_eq!(reply.status as u8, status);
@@ -261,6 +269,7 @@ mod tests {
             offset: 0,
             capacity: 0,
             length: 4096,
+            version: 0,
         }
         .encode();
         b[4] = 9;

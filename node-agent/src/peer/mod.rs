@@ -10,7 +10,7 @@ pub mod listener;
 mod server;
 
 pub use client::Peers;
-pub use server::PeerApi;
+pub use server::{PeerApi, encode_versions};
 
 use crate::store::StoreError;
 
@@ -49,6 +49,11 @@ impl ReplicaError {
                 Self::Corrupt { node, message }
             }
             StoreError::OutOfRange { .. } => Self::Invalid { node, message },
+            // The node stops heartbeating and leaves the map: wait for that, as for a crash.
+            StoreError::DiskFailed { .. } => Self::Unreachable {
+                node,
+                reason: message,
+            },
             StoreError::OpenObject { .. }
             | StoreError::ReadObject { .. }
             | StoreError::WriteObject { .. }

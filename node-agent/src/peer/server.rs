@@ -4,8 +4,8 @@ use super::ReplicaError;
 use super::frames::Request as FrameRequest;
 use crate::cluster::{ClusterView, Epoch};
 use crate::freeze::{Change, Freezer};
-use crate::local::Local;
-use crate::store::ObjectSpec;
+use crate::local::{Local, Mutation};
+use crate::store::{Copy, ObjectSpec};
 use bytes::Bytes;
 use sheepdog_api::v1;
 use sheepdog_api::v1::peer_service_server::PeerService;
@@ -53,17 +53,23 @@ impl PeerApi {
             .await
     }
 
-    /// A write from the replica data channel.
-    pub async fn write_frame(&self, req: &FrameRequest, data: Bytes) -> Result<(), ReplicaError> {
+    /// A write from the replica data channel; the newest newer version it met, if any.
+    pub async fn write_frame(&self, req: &FrameRequest, data: Bytes) -> Result<u64, ReplicaError> {
         let epoch = self.admit_replica(req.epoch)?;
         let oid = self.frame_oid(req.oid)?;
         let spec = ObjectSpec {
             capacity: req.capacity,
             copies: req.copies,
         };
-        self.local
-            .write(&epoch, oid, spec, req.offset, data, req.fua)
-            .await
+        let change = Mutation::Write {
+            offset: req.offset,
+            data,
+        };
+        let applied = self
+            .local
+            .change(&epoch, oid, spec, change, req.version, req.fua)
+            .await?;
+        Ok(applied.newer.unwrap_or(0))
     }
 
     /// A flush from the replica data channel.
@@ -89,6 +95,29 @@ fn oid(raw: u64) -> Result<ObjectId, Status> {
     ObjectId::from_raw(raw).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+fn spec(capacity: u64, copies: u32) -> Result<ObjectSpec, Status> {
+    let copies =
+        u8::try_from(copies).map_err(|_| Status::invalid_argument("copies is too large"))?;
+    Ok(ObjectSpec { capacity, copies })
+}
+
+/// Block versions on the wire: 8 bytes little-endian each.
+pub fn encode_versions(versions: &[u64]) -> Vec<u8> {
+    versions.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+pub fn decode_versions(bytes: &[u8]) -> Result<Vec<u64>, Status> {
+    if !bytes.len().is_multiple_of(8) {
+        return Err(Status::invalid_argument(
+            "block versions must be 8 bytes each",
+        ));
+    }
+    Ok(bytes
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect())
+}
+
 #[tonic::async_trait]
 impl PeerService for PeerApi {
     async fn zero_object(
@@ -97,11 +126,19 @@ impl PeerService for PeerApi {
     ) -> Result<Response<v1::ZeroObjectResponse>, Status> {
         let req = req.into_inner();
         let epoch = self.admit(req.epoch)?;
-        let zero = self
+        let change = Mutation::Zero {
+            offset: req.offset,
+            len: req.length,
+        };
+        let spec = spec(req.capacity, req.copies)?;
+        let applied = self
             .local
-            .zero(&epoch, oid(req.oid)?, req.offset, req.length, req.fua);
-        zero.await.map_err(|e| self.failed(e))?;
-        Ok(Response::new(v1::ZeroObjectResponse {}))
+            .change(&epoch, oid(req.oid)?, spec, change, req.version, req.fua)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(Response::new(v1::ZeroObjectResponse {
+            newer: applied.newer.unwrap_or(0),
+        }))
     }
 
     async fn remove_object(
@@ -110,11 +147,22 @@ impl PeerService for PeerApi {
     ) -> Result<Response<v1::RemoveObjectResponse>, Status> {
         let req = req.into_inner();
         let epoch = self.admit(req.epoch)?;
-        self.local
-            .remove(&epoch, oid(req.oid)?)
+        let spec = spec(req.capacity, req.copies)?;
+        let applied = self
+            .local
+            .change(
+                &epoch,
+                oid(req.oid)?,
+                spec,
+                Mutation::Remove,
+                req.version,
+                req.fua,
+            )
             .await
             .map_err(|e| self.failed(e))?;
-        Ok(Response::new(v1::RemoveObjectResponse {}))
+        Ok(Response::new(v1::RemoveObjectResponse {
+            newer: applied.newer.unwrap_or(0),
+        }))
     }
 
     async fn list_objects(
@@ -123,6 +171,9 @@ impl PeerService for PeerApi {
     ) -> Result<Response<v1::ListObjectsResponse>, Status> {
         let req = req.into_inner();
         self.admit(req.epoch)?;
+        if !req.inodes_only {
+            self.local.drain(req.epoch).await;
+        }
         let objects = self
             .local
             .store
@@ -130,9 +181,11 @@ impl PeerService for PeerApi {
             .into_iter()
             .filter(|(oid, _)| !req.inodes_only || oid.is_inode())
             .filter(|(oid, _)| !self.view.is_retired(oid.vid()))
-            .map(|(oid, copies)| v1::StoredObject {
+            .map(|(oid, meta)| v1::StoredObject {
                 oid: oid.raw(),
-                copies: u32::from(copies),
+                copies: u32::from(meta.copies),
+                summary: meta.summary,
+                tombstone: meta.tombstone,
             })
             .collect();
         Ok(Response::new(v1::ListObjectsResponse { objects }))
@@ -142,7 +195,10 @@ impl PeerService for PeerApi {
         &self,
         req: Request<v1::FetchObjectRequest>,
     ) -> Result<Response<v1::FetchObjectResponse>, Status> {
-        let oid = oid(req.into_inner().oid)?;
+        let req = req.into_inner();
+        self.admit(req.epoch)?;
+        self.local.drain(req.epoch).await;
+        let oid = oid(req.oid)?;
         let store = self.local.store.clone();
         let got = tokio::task::spawn_blocking(move || store.get(oid))
             .await
@@ -150,11 +206,13 @@ impl PeerService for PeerApi {
         let got =
             got.map_err(|e| self.failed(ReplicaError::from_store(self.view.self_id(), &e)))?;
         Ok(Response::new(match got {
-            Some((spec, data)) => v1::FetchObjectResponse {
+            Some(copy) => v1::FetchObjectResponse {
                 found: true,
-                capacity: spec.capacity,
-                data: data.into(),
-                copies: u32::from(spec.copies),
+                capacity: copy.spec.capacity,
+                copies: u32::from(copy.spec.copies),
+                floor: copy.floor,
+                versions: encode_versions(&copy.versions).into(),
+                data: copy.data.into(),
             },
             None => v1::FetchObjectResponse::default(),
         }))
@@ -177,9 +235,9 @@ impl PeerService for PeerApi {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(match got {
-            Ok(Some((_, data))) => v1::ObjectDigestResponse {
+            Ok(Some(copy)) => v1::ObjectDigestResponse {
                 found: true,
-                digest: xxhash_rust::xxh3::xxh3_64(&data),
+                digest: xxhash_rust::xxh3::xxh3_64(&copy.data),
                 corrupt: String::new(),
             },
             Ok(None) => v1::ObjectDigestResponse::default(),
@@ -200,21 +258,31 @@ impl PeerService for PeerApi {
         req: Request<v1::PutObjectRequest>,
     ) -> Result<Response<v1::PutObjectResponse>, Status> {
         let req = req.into_inner();
-        self.admit(req.epoch)?;
+        let epoch = self.admit(req.epoch)?;
         let oid = oid(req.oid)?;
-        let copies =
-            u8::try_from(req.copies).map_err(|_| Status::invalid_argument("copies too large"))?;
-        let spec = ObjectSpec {
-            capacity: req.capacity,
-            copies,
+        let spec = spec(req.capacity, req.copies)?;
+        if req.if_absent {
+            let data = Bytes::from(req.data);
+            let stored = self
+                .local
+                .put_if_absent(&epoch, oid, spec, data)
+                .await
+                .map_err(|e| self.failed(e))?;
+            return Ok(Response::new(v1::PutObjectResponse { stored }));
+        }
+        let copy = Copy {
+            spec,
+            floor: req.floor,
+            versions: decode_versions(&req.versions)?,
+            data: req.data.into(),
         };
         let store = self.local.store.clone();
-        let put = tokio::task::spawn_blocking(move || store.put(oid, spec, &req.data))
+        let put = tokio::task::spawn_blocking(move || store.merge_in(oid, &[copy]))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         put.map_err(|e| self.failed(ReplicaError::from_store(self.view.self_id(), &e)))?;
-        tracing::info!(object = %oid, "copy replaced by a repair");
-        Ok(Response::new(v1::PutObjectResponse {}))
+        tracing::info!(object = %oid, "copy merged in by a repair");
+        Ok(Response::new(v1::PutObjectResponse { stored: true }))
     }
 
     async fn get_map(

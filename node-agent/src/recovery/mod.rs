@@ -1,34 +1,37 @@
-//! Recovery and rebalancing: after every epoch change, pull the objects this node now holds.
+//! Recovery and rebalancing: after every epoch change, bring this node's copies up to date.
 //!
 //! For epoch E this node:
-//! 1. lists the objects of every other node of map E (a node behind on epochs is sent the map;
-//!    an unreachable one is retried until it answers or a newer epoch removes it);
-//! 2. marks as pending every object it must hold at E (it is in the object's replica set) and
-//!    does not have, or whose copy it cannot trust because it left the cluster and came back
-//!    since that copy was written (its `joinedEpoch` is newer than its last map before start);
-//! 3. fetches each pending object whole from a node that has it, throttled (concurrency and
-//!    bandwidth), and stores it durably;
+//! 1. lists the objects of every other node of map E, with a summary of each copy's block
+//!    versions (a node behind on epochs is sent the map; an unreachable one is retried until it
+//!    answers or a newer epoch removes it). A node answers only once no change admitted at an
+//!    earlier epoch is still running on it (the epoch barrier, see `local`);
+//! 2. marks as pending every object it must hold at E (it is in the object's replica set) for
+//!    which some node lists a copy whose summary differs from its own: a copy it lacks, a
+//!    newer one, or a tombstone. Nothing is trusted for being present: a copy kept from an
+//!    earlier epoch, or from before the node left and came back, is compared like any other;
+//! 3. fetches, for each pending object, one copy per distinct summary and merges them into its
+//!    own, block by block, the newest version winning (`store::merge`), throttled (concurrency
+//!    and bandwidth);
 //! 4. reports E as recovered in its heartbeats once nothing is pending.
 //!
-//! I/O on a pending object recovers that object first ([`Recovery::before_io`]), so a new
-//! holder never applies a write on top of a missing object. Copies this node no longer owns
-//! are removed only once the coordinator says every node of map E has recovered E
-//! ([`Recovery::collect_garbage`]).
+//! A read of a pending object recovers that object first, outside the throttle
+//! ([`Recovery::before_io`]). Copies this node no longer owns are removed only once the
+//! coordinator says every node of map E has recovered E ([`Recovery::collect_garbage`]).
 
 mod throttle;
 
 use crate::cluster::{ClusterView, Epoch};
+use crate::local::Local;
 use crate::peer::{Peers, ReplicaError};
-use crate::store::{ObjectSpec, ObjectStore};
+use crate::store::{Meta, ObjectStore};
 use sheepdog_model::{NodeInfo, ObjectId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use throttle::Throttle;
 use tokio::sync::{Semaphore, watch};
 
-const LOCK_STRIPES: usize = 256;
 /// How long I/O waits for the listing of a new epoch before asking the gateway to retry.
 const LISTING_WAIT: Duration = Duration::from_secs(20);
 
@@ -49,16 +52,17 @@ pub struct Progress {
     pub listed: bool,
     pub total: u64,
     pub done: u64,
-    /// Objects that no reachable node had (lost, or never written after all).
+    /// Objects that no reachable node had any more when fetched.
     pub missing: u64,
     /// Newest epoch fully recovered.
     pub recovered_epoch: u64,
 }
 
+/// An object to bring up to date, and the nodes holding copies that differ from this node's
+/// (one per distinct version summary).
 #[derive(Debug, Clone)]
 struct Pending {
-    spec_copies: u8,
-    holders: Vec<NodeInfo>,
+    sources: Vec<NodeInfo>,
 }
 
 #[derive(Default)]
@@ -68,18 +72,23 @@ struct State {
     progress: Progress,
 }
 
+/// Every copy the nodes of a map list for one object.
+struct Listed {
+    copies: u8,
+    holders: Vec<(NodeInfo, Meta)>,
+}
+
 pub struct Recovery {
     view: Arc<ClusterView>,
     store: Arc<ObjectStore>,
     peers: Arc<Peers>,
+    /// This node as a replica, for the epoch barrier before listing its own copies.
+    local: OnceLock<Arc<Local>>,
     state: Mutex<State>,
     listed: watch::Sender<u64>,
     recovered: Arc<AtomicU64>,
-    /// Local copies are trusted for maps where this node's joinedEpoch is at most this.
-    trusted_through: AtomicU64,
     /// Size of the retired-vid set whose objects are already purged here.
-    purged_through: std::sync::atomic::AtomicUsize,
-    locks: Vec<tokio::sync::Mutex<()>>,
+    purged_through: AtomicUsize,
     semaphore: Semaphore,
     throttle: Throttle,
     collected_epoch: AtomicU64,
@@ -92,23 +101,24 @@ impl Recovery {
         peers: Arc<Peers>,
         limits: Limits,
     ) -> Self {
-        let trusted = view.epoch_at_start();
         Self {
             view,
             store,
             peers,
+            local: OnceLock::new(),
             state: Mutex::new(State::default()),
             listed: watch::channel(0).0,
             recovered: Arc::new(AtomicU64::new(0)),
-            trusted_through: AtomicU64::new(trusted),
-            purged_through: std::sync::atomic::AtomicUsize::new(0),
-            locks: (0..LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            purged_through: AtomicUsize::new(0),
             semaphore: Semaphore::new(limits.concurrency.max(1)),
             throttle: Throttle::new(limits.bandwidth),
             collected_epoch: AtomicU64::new(0),
         }
+    }
+
+    /// Hands recovery this node's replica (built after it, since it calls recovery).
+    pub fn attach(&self, local: Arc<Local>) {
+        let _ = self.local.set(local);
     }
 
     /// The newest fully recovered epoch, shared with the heartbeat.
@@ -132,8 +142,6 @@ impl Recovery {
             if self.recovered.load(Ordering::Acquire) < epoch.epoch() && self.recover(&epoch).await
             {
                 self.recovered.fetch_max(epoch.epoch(), Ordering::AcqRel);
-                self.trusted_through
-                    .fetch_max(epoch.epoch(), Ordering::AcqRel);
                 tracing::info!(epoch = epoch.epoch(), "recovery complete");
             }
             self.collect_garbage(&epoch).await;
@@ -151,26 +159,29 @@ impl Recovery {
             return false;
         };
         let me = self.view.self_id().to_owned();
-        let untrusted = epoch
-            .map
-            .node(&me)
-            .is_some_and(|n| n.joined_epoch > self.trusted_through.load(Ordering::Acquire));
         let mut pending = HashMap::new();
-        for (oid, (copies, holders)) in objects {
+        for (oid, listed) in objects {
             if self.view.is_retired(oid.vid()) {
                 continue;
             }
-            let mine = epoch.replicas(oid, copies).iter().any(|n| n.id == me);
-            let local = self.store.contains(oid);
-            if mine && (!local || untrusted) {
-                let holders = holders.into_iter().filter(|n| n.id != me).collect();
-                pending.insert(
-                    oid,
-                    Pending {
-                        spec_copies: copies,
-                        holders,
-                    },
-                );
+            if !epoch
+                .replicas(oid, listed.copies)
+                .iter()
+                .any(|n| n.id == me)
+            {
+                continue;
+            }
+            let mine = self.store.meta(oid).map(|m| m.summary);
+            let mut sources: Vec<NodeInfo> = Vec::new();
+            let mut seen = Vec::new();
+            for (node, meta) in listed.holders {
+                if Some(meta.summary) != mine && !seen.contains(&meta.summary) {
+                    seen.push(meta.summary);
+                    sources.push(node);
+                }
+            }
+            if !sources.is_empty() {
+                pending.insert(oid, Pending { sources });
             }
         }
         let total = pending.len() as u64;
@@ -187,22 +198,23 @@ impl Recovery {
         }
         self.listed.send_replace(epoch.epoch());
         if total > 0 {
-            tracing::info!(
-                epoch = epoch.epoch(),
-                objects = total,
-                untrusted,
-                "recovering objects"
-            );
+            tracing::info!(epoch = epoch.epoch(), objects = total, "recovering objects");
         }
         self.fetch_pending(epoch).await
     }
 
-    /// Every object on every node of the map (including this one), with copies and holders.
-    async fn list_all(&self, epoch: &Epoch) -> Option<HashMap<ObjectId, (u8, Vec<NodeInfo>)>> {
+    /// Every object on every other node of the map, with copies and holders.
+    async fn list_all(&self, epoch: &Epoch) -> Option<HashMap<ObjectId, Listed>> {
+        if let Some(local) = self.local.get() {
+            local.drain(epoch.epoch()).await;
+        }
         let me = self.view.self_id().to_owned();
-        let mut objects: HashMap<ObjectId, (u8, Vec<NodeInfo>)> = HashMap::new();
-        for (oid, copies) in self.store.list() {
-            objects.entry(oid).or_insert((copies, Vec::new()));
+        let mut objects: HashMap<ObjectId, Listed> = HashMap::new();
+        for (oid, meta) in self.store.list() {
+            objects.entry(oid).or_insert(Listed {
+                copies: meta.copies,
+                holders: Vec::new(),
+            });
         }
         for node in epoch.map.nodes.iter().filter(|n| n.id != me) {
             let list = loop {
@@ -218,12 +230,15 @@ impl Recovery {
                     }
                 }
             };
-            for (oid, copies) in list {
+            for (oid, meta) in list {
                 objects
                     .entry(oid)
-                    .or_insert((copies, Vec::new()))
-                    .1
-                    .push(node.clone());
+                    .or_insert(Listed {
+                        copies: meta.copies,
+                        holders: Vec::new(),
+                    })
+                    .holders
+                    .push((node.clone(), meta));
             }
         }
         Some(objects)
@@ -240,7 +255,7 @@ impl Recovery {
                 if self.view.epoch() != epoch.epoch() {
                     return;
                 }
-                if let Err(e) = self.recover_object(epoch.epoch(), oid).await {
+                if let Err(e) = self.recover_object(epoch.epoch(), oid, true).await {
                     tracing::warn!(object = %oid, error = %e, "cannot recover object yet; will retry");
                 }
             });
@@ -254,9 +269,16 @@ impl Recovery {
         }
     }
 
-    /// Fetches one pending object from a holder and stores it; no-op when not pending.
-    async fn recover_object(&self, epoch: u64, oid: ObjectId) -> Result<(), ReplicaError> {
-        let _lock = self.lock(oid).lock().await;
+    /// Fetches the differing copies of one pending object and merges them into this node's;
+    /// no-op when not pending. In the `background` the bandwidth limit applies; a read
+    /// waiting for the object goes first. Recovering one object twice at once is harmless:
+    /// the merge is idempotent.
+    async fn recover_object(
+        &self,
+        epoch: u64,
+        oid: ObjectId,
+        background: bool,
+    ) -> Result<(), ReplicaError> {
         let Some(pending) = self.pending(epoch, oid) else {
             return Ok(());
         };
@@ -265,46 +287,32 @@ impl Recovery {
             self.finish(epoch, oid, false);
             return Ok(());
         }
-        let mut last_err = None;
-        for holder in &pending.holders {
-            match self.peers.fetch(holder, oid).await {
-                Ok(Some((spec, data))) => {
-                    self.throttle.take(data.len() as u64).await;
-                    let spec = ObjectSpec {
-                        copies: pending.spec_copies,
-                        ..spec
-                    };
-                    let store = self.store.clone();
-                    let stored =
-                        tokio::task::spawn_blocking(move || store.put(oid, spec, &data)).await;
-                    match stored {
-                        Ok(Ok(())) => {
-                            self.finish(epoch, oid, false);
-                            return Ok(());
-                        }
-                        Ok(Err(e)) => {
-                            return Err(ReplicaError::from_store(self.view.self_id(), &e));
-                        }
-                        Err(e) => {
-                            return Err(ReplicaError::Failed {
-                                node: self.view.self_id().into(),
-                                message: e.to_string(),
-                            });
-                        }
-                    }
+        let mut copies = Vec::new();
+        for source in &pending.sources {
+            if let Some(copy) = self.peers.fetch(source, epoch, oid).await? {
+                if background {
+                    self.throttle.take(copy.data.len() as u64).await;
                 }
-                Ok(None) => {}
-                Err(e) => last_err = Some(e),
+                copies.push(copy);
             }
         }
-        match last_err {
-            Some(e) => Err(e),
-            None => {
-                // No holder has it: removed meanwhile, or lost with every other copy. A local
-                // copy (even an untrusted one) is then the best there is, and is kept.
-                self.finish(epoch, oid, !self.store.contains(oid));
+        if copies.is_empty() {
+            // Removed meanwhile everywhere it was listed.
+            self.finish(epoch, oid, !self.store.contains(oid));
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let merged = tokio::task::spawn_blocking(move || store.merge_in(oid, &copies)).await;
+        match merged {
+            Ok(Ok(_)) => {
+                self.finish(epoch, oid, false);
                 Ok(())
             }
+            Ok(Err(e)) => Err(ReplicaError::from_store(self.view.self_id(), &e)),
+            Err(e) => Err(ReplicaError::Failed {
+                node: self.view.self_id().into(),
+                message: e.to_string(),
+            }),
         }
     }
 
@@ -323,7 +331,8 @@ impl Recovery {
         }
     }
 
-    /// Before I/O on `oid` at `epoch`: waits for the epoch's listing, recovers `oid` if pending.
+    /// Before a read of `oid` at `epoch`: waits for the epoch's listing, and recovers `oid`
+    /// at once if it is pending, outside the throttle.
     pub async fn before_io(&self, epoch: &Epoch, oid: ObjectId) -> Result<(), ReplicaError> {
         let e = epoch.epoch();
         if self.recovered.load(Ordering::Acquire) >= e {
@@ -342,21 +351,9 @@ impl Recovery {
             });
         }
         if self.pending(e, oid).is_some() {
-            self.recover_object(e, oid).await?;
-            if self.pending(e, oid).is_some() {
-                let reason = format!("object {oid} is not recovered yet");
-                return Err(ReplicaError::Unreachable {
-                    node: self.view.self_id().into(),
-                    reason,
-                });
-            }
+            self.recover_object(e, oid, false).await?;
         }
         Ok(())
-    }
-
-    /// Forgets a pending object that is being removed.
-    pub fn forget(&self, epoch: &Epoch, oid: ObjectId) {
-        self.finish(epoch.epoch(), oid, false);
     }
 
     /// Removes the local copies of objects of retired vids (deleted volumes), once per
@@ -372,7 +369,6 @@ impl Recovery {
             if !self.view.is_retired(oid.vid()) {
                 continue;
             }
-            let _lock = self.lock(oid).lock().await;
             self.finish(self.view.epoch(), oid, false);
             match self.store.remove(oid) {
                 Ok(()) => removed += 1,
@@ -399,12 +395,11 @@ impl Recovery {
         }
         let me = self.view.self_id().to_owned();
         let mut removed = 0;
-        for (oid, copies) in self.store.list() {
+        for (oid, meta) in self.store.list() {
             if self.view.epoch() != e {
                 return;
             }
-            if epoch.replicas(oid, copies).iter().all(|n| n.id != me) {
-                let _lock = self.lock(oid).lock().await;
+            if epoch.replicas(oid, meta.copies).iter().all(|n| n.id != me) {
                 if let Err(err) = self.store.remove(oid) {
                     tracing::warn!(object = %oid, error = %err, "cannot remove a copy this node no longer owns");
                     return;
@@ -425,11 +420,6 @@ impl Recovery {
     /// Helps a peer that refused a request for its epoch: fetch its newer map or push ours.
     pub async fn catch_up(&self, node: &NodeInfo, err: &ReplicaError) {
         catch_up(&self.view, &self.peers, node, err).await;
-    }
-
-    fn lock(&self, oid: ObjectId) -> &tokio::sync::Mutex<()> {
-        let stripe = xxhash_rust::xxh3::xxh3_64(&oid.raw().to_le_bytes()) as usize % LOCK_STRIPES;
-        &self.locks[stripe]
     }
 }
 

@@ -21,6 +21,12 @@ fn oid() -> ObjectId {
     ObjectId::data(1, 0)
 }
 
+/// Versions that only grow, as a gateway's clock gives them.
+fn next() -> u64 {
+    static CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn read(store: &ObjectStore, offset: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0xAA; len];
     store.read(oid(), offset, &mut buf).unwrap();
@@ -32,7 +38,7 @@ fn missing_objects_and_holes_read_as_zeros() {
     let (_dir, store) = store();
     assert_eq!(read(&store, 0, 8192), vec![0; 8192]);
     store
-        .write(oid(), spec(4 * MIB), 3 * MIB, b"tail", false)
+        .write(oid(), spec(4 * MIB), 3 * MIB, b"tail", next(), false)
         .unwrap();
     assert_eq!(read(&store, 0, 100), vec![0; 100]);
     assert_eq!(read(&store, 3 * MIB, 4), b"tail");
@@ -42,10 +48,10 @@ fn missing_objects_and_holes_read_as_zeros() {
 fn unaligned_writes_merge_with_neighbours() {
     let (_dir, store) = store();
     store
-        .write(oid(), spec(4 * MIB), 0, &[1u8; 10000], false)
+        .write(oid(), spec(4 * MIB), 0, &[1u8; 10000], next(), false)
         .unwrap();
     store
-        .write(oid(), spec(4 * MIB), 4000, &[2u8; 200], false)
+        .write(oid(), spec(4 * MIB), 4000, &[2u8; 200], next(), false)
         .unwrap();
     let got = read(&store, 0, 12288);
     assert!(got[..4000].iter().all(|&b| b == 1));
@@ -58,16 +64,27 @@ fn unaligned_writes_merge_with_neighbours() {
 fn zeroing_frees_space_and_whole_objects_disappear() {
     let (_dir, store) = store();
     store
-        .write(oid(), spec(4 * MIB), 0, &vec![7u8; 4 * MIB as usize], true)
+        .write(
+            oid(),
+            spec(4 * MIB),
+            0,
+            &vec![7u8; 4 * MIB as usize],
+            next(),
+            true,
+        )
         .unwrap();
     let full = store.usage().unwrap();
     assert!(full.bytes >= 4 * MIB, "{full:?}");
-    store.zero(oid(), 4096 + 100, 2 * MIB, false).unwrap();
+    store
+        .zero(oid(), spec(4 * MIB), 4096 + 100, 2 * MIB, next(), false)
+        .unwrap();
     let punched = store.usage().unwrap();
     assert!(punched.bytes < full.bytes - MIB, "{punched:?} vs {full:?}");
     let got = read(&store, 4096, 4096);
     assert!(got[..100].iter().all(|&b| b == 7) && got[100..].iter().all(|&b| b == 0));
-    store.zero(oid(), 0, 4 * MIB, false).unwrap();
+    store
+        .zero(oid(), spec(4 * MIB), 0, 4 * MIB, next(), false)
+        .unwrap();
     assert_eq!(store.usage().unwrap(), Usage::default());
     assert!(!store.contains(oid()));
 }
@@ -75,9 +92,11 @@ fn zeroing_frees_space_and_whole_objects_disappear() {
 #[test]
 fn out_of_range_io_is_refused() {
     let (_dir, store) = store();
-    store.write(oid(), spec(4 * MIB), 0, b"x", false).unwrap();
+    store
+        .write(oid(), spec(4 * MIB), 0, b"x", next(), false)
+        .unwrap();
     let err = store
-        .write(oid(), spec(4 * MIB), 4 * MIB - 1, b"xy", false)
+        .write(oid(), spec(4 * MIB), 4 * MIB - 1, b"xy", next(), false)
         .unwrap_err();
     assert!(matches!(err, StoreError::OutOfRange { .. }), "{err}");
     let mut buf = [0u8; 2];
@@ -88,7 +107,7 @@ fn out_of_range_io_is_refused() {
 fn a_flipped_bit_is_an_error_naming_the_object() {
     let (dir, store) = store();
     store
-        .write(oid(), spec(4 * MIB), 0, &[9u8; 8192], false)
+        .write(oid(), spec(4 * MIB), 0, &[9u8; 8192], next(), false)
         .unwrap();
     store.flush().unwrap();
     drop(store);
@@ -98,6 +117,7 @@ fn a_flipped_bit_is_an_error_naming_the_object() {
         oid: oid(),
         capacity: 4 * MIB,
         copies: 1,
+        floor: 0,
     };
     file.seek(SeekFrom::Start(header.data_offset() + 4096 + 17))
         .unwrap();
@@ -116,7 +136,7 @@ fn a_flipped_bit_is_an_error_naming_the_object() {
 fn half_written_objects_from_a_crash_are_repaired_at_start() {
     let (dir, store) = store();
     store
-        .write(oid(), spec(4 * MIB), 0, &[3u8; 4096], false)
+        .write(oid(), spec(4 * MIB), 0, &[3u8; 4096], next(), false)
         .unwrap();
     // What a kill between the data and checksum writes leaves: new data, old checksum.
     let path = dir.path().join("obj").join(oid().to_string());
@@ -125,6 +145,7 @@ fn half_written_objects_from_a_crash_are_repaired_at_start() {
         oid: oid(),
         capacity: 4 * MIB,
         copies: 1,
+        floor: 0,
     };
     file.write_all_at(&[4u8; 4096], header.data_offset())
         .unwrap();
@@ -137,7 +158,7 @@ fn half_written_objects_from_a_crash_are_repaired_at_start() {
 fn flushed_objects_are_not_repaired_after_a_crash() {
     let (dir, store) = store();
     store
-        .write(oid(), spec(4 * MIB), 0, b"data", false)
+        .write(oid(), spec(4 * MIB), 0, b"data", next(), false)
         .unwrap();
     store.flush().unwrap();
     let path = dir.path().join("obj").join(oid().to_string());
@@ -146,6 +167,7 @@ fn flushed_objects_are_not_repaired_after_a_crash() {
         oid: oid(),
         capacity: 4 * MIB,
         copies: 1,
+        floor: 0,
     };
     file.write_all_at(b"rot!", header.data_offset()).unwrap();
     std::mem::forget(store);
@@ -159,12 +181,16 @@ fn flushed_objects_are_not_repaired_after_a_crash() {
 fn list_names_every_object() {
     let (_dir, store) = store();
     store
-        .write(ObjectId::data(3, 1), spec(MIB), 0, b"a", false)
+        .write(ObjectId::data(3, 1), spec(MIB), 0, b"a", next(), false)
         .unwrap();
     store
-        .write(ObjectId::inode(3), spec(MIB), 0, b"b", false)
+        .write(ObjectId::inode(3), spec(MIB), 0, b"b", next(), false)
         .unwrap();
-    let mut listed = store.list();
+    let mut listed: Vec<(ObjectId, u8)> = store
+        .list()
+        .into_iter()
+        .map(|(o, m)| (o, m.copies))
+        .collect();
     listed.sort();
     assert_eq!(
         listed,
@@ -211,11 +237,11 @@ mod model {
             for op in ops {
                 match op {
                     Op::Write(o, data) => {
-                        store.write(oid(), spec(CAP), o, &data, false).unwrap();
+                        store.write(oid(), spec(CAP), o, &data, next(), false).unwrap();
                         model[o as usize..o as usize + data.len()].copy_from_slice(&data);
                     }
                     Op::Zero(o, n) => {
-                        store.zero(oid(), o, n, false).unwrap();
+                        store.zero(oid(), spec(CAP), o, n, next(), false).unwrap();
                         model[o as usize..(o + n) as usize].fill(0);
                     }
                 }
@@ -226,30 +252,166 @@ mod model {
 }
 
 #[test]
-fn put_and_get_move_whole_objects() {
+fn merge_in_and_get_move_whole_objects() {
     let (_dir, store) = store();
     let mut data = vec![0u8; 3 * 4096];
     data[4096..8192].fill(5);
-    store
-        .put(
-            oid(),
-            ObjectSpec {
-                capacity: MIB,
-                copies: 3,
-            },
-            &data,
-        )
-        .unwrap();
-    let (spec, got) = store.get(oid()).unwrap().unwrap();
-    assert_eq!(
-        spec,
-        ObjectSpec {
-            capacity: MIB,
-            copies: 3
-        }
-    );
-    assert_eq!(got, data[..8192], "trailing zero blocks are left out");
+    let spec3 = ObjectSpec {
+        capacity: MIB,
+        copies: 3,
+    };
+    let copy = Copy {
+        spec: spec3,
+        floor: 0,
+        versions: vec![0, 7, 0],
+        data: data.clone(),
+    };
+    assert!(store.merge_in(oid(), std::slice::from_ref(&copy)).unwrap());
+    let got = store.get(oid()).unwrap().unwrap();
+    assert_eq!(got.spec, spec3);
+    assert_eq!(got.data, data[..8192], "trailing zero blocks are left out");
+    assert_eq!(got.versions[..3], [0, 7, 0]);
     assert_eq!(read(&store, 4096, 4096), vec![5; 4096]);
-    assert_eq!(store.list(), vec![(oid(), 3)]);
+    assert_eq!(store.list()[0].1.copies, 3);
     assert!(store.get(ObjectId::data(9, 9)).unwrap().is_none());
+    assert!(
+        !store.merge_in(oid(), &[copy]).unwrap(),
+        "merging the same copy changes nothing"
+    );
+}
+
+#[test]
+fn older_versions_never_overwrite_newer_blocks() {
+    let (_dir, store) = store();
+    let s = spec(MIB);
+    store.write(oid(), s, 0, &[2u8; 8192], 20, false).unwrap();
+    // A late request from before: block 0 is newer, so only block 2 takes it.
+    let late = store.write(oid(), s, 0, &[1u8; 12288], 10, false).unwrap();
+    assert_eq!(late.newer, Some(20));
+    assert_eq!(read(&store, 0, 8192), vec![2u8; 8192]);
+    assert_eq!(read(&store, 8192, 4096), vec![1u8; 4096]);
+    // The same request again (a retry) is not news.
+    let again = store.write(oid(), s, 0, &[2u8; 8192], 20, false).unwrap();
+    assert_eq!(again.newer, None);
+    // A partial write of an older version leaves the newer block whole.
+    store.write(oid(), s, 100, b"old", 15, false).unwrap();
+    assert_eq!(read(&store, 0, 4096), vec![2u8; 4096]);
+}
+
+#[test]
+fn a_removed_object_refuses_older_writes_and_takes_newer_ones() {
+    let (dir, store) = store();
+    let s = spec(MIB);
+    store.write(oid(), s, 0, &[3u8; 4096], 5, false).unwrap();
+    store.remove_at(oid(), s, 9, false).unwrap();
+    assert!(!store.contains(oid()), "a tombstone is not an object");
+    assert!(store.meta(oid()).unwrap().tombstone);
+    assert_eq!(store.usage().unwrap(), Usage::default());
+    let late = store.write(oid(), s, 4096, &[4u8; 4096], 7, false).unwrap();
+    assert_eq!(late.newer, Some(9));
+    assert_eq!(read(&store, 0, 8192), vec![0u8; 8192]);
+    drop(store);
+    let store = ObjectStore::open(dir.path()).unwrap();
+    assert!(
+        store.meta(oid()).unwrap().tombstone,
+        "tombstones survive a restart"
+    );
+    store
+        .write(oid(), s, 4096, &[4u8; 4096], 11, false)
+        .unwrap();
+    assert!(store.contains(oid()));
+    assert_eq!(read(&store, 4096, 4096), vec![4u8; 4096]);
+    assert_eq!(read(&store, 0, 4096), vec![0u8; 4096]);
+}
+
+#[test]
+fn a_removal_older_than_some_blocks_keeps_them() {
+    let (_dir, store) = store();
+    let s = spec(MIB);
+    store.write(oid(), s, 0, &[1u8; 8192], 5, false).unwrap();
+    store
+        .write(oid(), s, 4096, &[2u8; 4096], 12, false)
+        .unwrap();
+    let removed = store.remove_at(oid(), s, 9, false).unwrap();
+    assert_eq!(removed.newer, Some(12));
+    assert_eq!(read(&store, 0, 4096), vec![0u8; 4096]);
+    assert_eq!(read(&store, 4096, 4096), vec![2u8; 4096]);
+}
+
+#[test]
+fn summaries_tell_copies_with_different_versions_apart() {
+    let (_a, one) = store();
+    let (_b, two) = store();
+    let s = spec(MIB);
+    for store in [&one, &two] {
+        store.write(oid(), s, 0, &[1u8; 4096], 5, false).unwrap();
+    }
+    assert_eq!(
+        one.meta(oid()).unwrap().summary,
+        two.meta(oid()).unwrap().summary
+    );
+    // Two writes, one of which the second copy missed: same newest version, other blocks.
+    one.write(oid(), s, 4096, &[2u8; 4096], 6, false).unwrap();
+    one.write(oid(), s, 8192, &[3u8; 4096], 7, false).unwrap();
+    two.write(oid(), s, 8192, &[3u8; 4096], 7, false).unwrap();
+    assert_ne!(
+        one.meta(oid()).unwrap().summary,
+        two.meta(oid()).unwrap().summary
+    );
+    // Merging the newer copy in makes them equal, blocks and summaries.
+    two.merge_in(oid(), &[one.get(oid()).unwrap().unwrap()])
+        .unwrap();
+    assert_eq!(
+        one.meta(oid()).unwrap().summary,
+        two.meta(oid()).unwrap().summary
+    );
+    assert_eq!(read(&two, 4096, 4096), vec![2u8; 4096]);
+}
+
+#[test]
+fn put_if_absent_keeps_an_existing_copy() {
+    let (_dir, store) = store();
+    let s = spec(MIB);
+    assert!(store.put_if_absent(oid(), s, &[7u8; 8192]).unwrap());
+    store.write(oid(), s, 0, &[8u8; 4096], 3, false).unwrap();
+    assert!(!store.put_if_absent(oid(), s, &[7u8; 8192]).unwrap());
+    assert_eq!(read(&store, 0, 4096), vec![8u8; 4096]);
+    assert_eq!(read(&store, 4096, 4096), vec![7u8; 4096]);
+}
+
+#[test]
+fn version_1_objects_are_converted_at_start_and_keep_their_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let obj = dir.path().join("obj");
+    std::fs::create_dir_all(&obj).unwrap();
+    // A version-1 file: header with the CRC at 32, 4-byte table entries.
+    let capacity = 64 * 1024u64;
+    let mut header = vec![0u8; 4096];
+    header[0..8].copy_from_slice(b"SHEEPOBJ");
+    header[8..10].copy_from_slice(&1u16.to_le_bytes());
+    header[10] = 2;
+    header[12..16].copy_from_slice(&4096u32.to_le_bytes());
+    header[16..24].copy_from_slice(&oid().raw().to_le_bytes());
+    header[24..32].copy_from_slice(&capacity.to_le_bytes());
+    let crc = crc32c::crc32c(&header[..32]);
+    header[32..36].copy_from_slice(&crc.to_le_bytes());
+    let mut table = vec![0u8; 4096];
+    let block = vec![6u8; 4096];
+    table[4..8].copy_from_slice(&format::block_checksum(&block).to_le_bytes());
+    table[8..12].copy_from_slice(&12345u32.to_le_bytes()); // block 2: corrupt
+    let mut file = std::fs::File::create(obj.join(oid().to_string())).unwrap();
+    file.write_all(&header).unwrap();
+    file.write_all(&table).unwrap();
+    file.write_all(&vec![0u8; 4096]).unwrap();
+    file.write_all(&block).unwrap();
+    file.write_all(&[9u8; 4096]).unwrap();
+    file.set_len(8192 + capacity).unwrap();
+    drop(file);
+    let store = ObjectStore::open(dir.path()).unwrap();
+    assert_eq!(read(&store, 4096, 4096), block);
+    assert_eq!(read(&store, 0, 4096), vec![0u8; 4096]);
+    let mut buf = vec![0u8; 4096];
+    let err = store.read(oid(), 8192, &mut buf).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { block: 2, .. }), "{err}");
+    assert_eq!(store.meta(oid()).unwrap().copies, 2);
 }
