@@ -110,6 +110,14 @@ impl Local {
         fua: bool,
     ) -> Reply<Applied> {
         if self.view.is_retired(oid.vid()) {
+            // A retired vid is never used again: its objects simply go, and nothing may
+            // write them back (a late request of the deleted volume).
+            if let Mutation::Remove = change {
+                return self
+                    .blocking(move |s| s.remove(oid))
+                    .await
+                    .map(|()| Applied::default());
+            }
             return Err(self.invalid(format!("object {oid} belongs to a deleted volume")));
         }
         if change.touches_part_of_a_block() {
