@@ -7,12 +7,13 @@
 //! The data path does not go through it: if it stops, I/O goes on at the current epoch (as
 //! long as the node leases last) and membership changes wait until it is back.
 
-use crate::cluster::{load_history, save_map};
+use crate::cluster::{load_history, save_map, write_durably};
 use anyhow::Context;
 use sheepdog_api::v1::coordinator_service_server::{CoordinatorService, CoordinatorServiceServer};
 use sheepdog_api::v1::{
     ClusterMapMessage, GetMapAtRequest, HeartbeatRequest, HeartbeatResponse, LockRequest,
-    LockResponse, RetireVidsRequest, RetireVidsResponse, UnlockRequest, UnlockResponse,
+    LockResponse, RetireVidsRequest, RetireVidsResponse, SealVidsRequest, SealVidsResponse,
+    UnlockRequest, UnlockResponse,
 };
 use sheepdog_model::membership::{Heartbeat, Membership};
 use sheepdog_model::{ClusterMap, NodeInfo};
@@ -48,9 +49,16 @@ struct State {
     recovered: HashMap<String, u64>,
     /// Named locks: holder and expiry in ms.
     locks: HashMap<String, (String, u64)>,
-    /// Vids of deleted volumes, never to be used again; persisted in `retired_file`.
-    retired: BTreeSet<u32>,
-    retired_file: PathBuf,
+    /// Vids of deleted volumes, never to be used again; persisted.
+    retired: VidFile,
+    /// Vids that stopped being working volumes: their data never changes again; persisted.
+    sealed: VidFile,
+    /// The newest epoch any node reported: no new map is published at or below it, so an
+    /// epoch is never given to two maps even if this coordinator lost its directory.
+    reported_epoch: u64,
+    /// Until then (ms) no map is published: a coordinator that lost its maps first hears
+    /// every node's epoch.
+    quiet_until_ms: u64,
     started: Instant,
     dir: PathBuf,
 }
@@ -62,9 +70,14 @@ impl State {
 
     /// Applies the membership function; persists and records a new map.
     fn step(&mut self) {
+        if self.now_ms() < self.quiet_until_ms {
+            return;
+        }
+        let mut base = self.map.clone();
+        base.epoch = base.epoch.max(self.reported_epoch);
         let Some(next) = self
             .membership
-            .next_map(&self.map, &self.heartbeats, self.now_ms())
+            .next_map(&base, &self.heartbeats, self.now_ms())
         else {
             return;
         };
@@ -120,8 +133,18 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         })
         .collect();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), epoch = map.epoch, listen = %config.listen, "coordinator starting");
-    let retired_file = config.dir.join("retired-vids.json");
-    let retired = load_retired(&retired_file)?;
+    let retired = VidFile::open(config.dir.join("retired-vids.json"))?;
+    let sealed = VidFile::open(config.dir.join("sealed-vids.json"))?;
+    // Without any map of its own, it first listens for one failure timeout: nodes report
+    // the epochs they have, and the next map goes past all of them.
+    let quiet_until_ms = if history.is_empty() {
+        tracing::warn!(
+            "no cluster maps in the coordinator's directory: listening to the nodes for one failure timeout before publishing any"
+        );
+        membership.failure_timeout_ms
+    } else {
+        0
+    };
     let state = State {
         membership,
         map,
@@ -130,7 +153,9 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         recovered: HashMap::new(),
         locks: HashMap::new(),
         retired,
-        retired_file,
+        sealed,
+        reported_epoch: 0,
+        quiet_until_ms,
         started,
         dir: maps,
     };
@@ -171,6 +196,7 @@ impl CoordinatorService for Coordinator {
         }
         let mut state = self.state.lock().unwrap();
         let at_ms = state.now_ms();
+        state.reported_epoch = state.reported_epoch.max(req.epoch);
         state.recovered.insert(node.id.clone(), req.recovered_epoch);
         state
             .heartbeats
@@ -180,7 +206,8 @@ impl CoordinatorService for Coordinator {
             map: Some(ClusterMapMessage::from(&state.map)),
             all_recovered: state.all_recovered(),
             failure_timeout_ms: state.membership.failure_timeout_ms,
-            retired_vids: state.retired.iter().copied().collect(),
+            retired_vids: state.retired.list(),
+            sealed_vids: state.sealed.list(),
         }))
     }
 
@@ -201,7 +228,8 @@ impl CoordinatorService for Coordinator {
             return Ok(Response::new(LockResponse {
                 granted: true,
                 holder: String::new(),
-                retired_vids: state.retired.iter().copied().collect(),
+                retired_vids: state.retired.list(),
+                sealed_vids: state.sealed.list(),
             }));
         }
         let holder = state.locks[&req.name].0.clone();
@@ -209,6 +237,7 @@ impl CoordinatorService for Coordinator {
             granted: false,
             holder,
             retired_vids: Vec::new(),
+            sealed_vids: Vec::new(),
         }))
     }
 
@@ -234,16 +263,22 @@ impl CoordinatorService for Coordinator {
     ) -> Result<Response<RetireVidsResponse>, Status> {
         let vids = req.into_inner().vids;
         let mut state = self.state.lock().unwrap();
-        let mut next = state.retired.clone();
-        next.extend(vids.iter().copied());
-        if next.len() != state.retired.len() {
-            save_retired(&state.retired_file, &next).map_err(|e| {
-                Status::unavailable(format!("cannot persist the retired vids: {e}"))
-            })?;
-            tracing::info!(vids = ?vids, total = next.len(), "retired vids of deleted volumes");
-            state.retired = next;
+        if state.retired.add(&vids)? {
+            tracing::info!(vids = ?vids, "retired vids of deleted volumes");
         }
         Ok(Response::new(RetireVidsResponse {}))
+    }
+
+    async fn seal_vids(
+        &self,
+        req: Request<SealVidsRequest>,
+    ) -> Result<Response<SealVidsResponse>, Status> {
+        let vids = req.into_inner().vids;
+        let mut state = self.state.lock().unwrap();
+        if state.sealed.add(&vids)? {
+            tracing::info!(vids = ?vids, "sealed vids that stopped being working volumes");
+        }
+        Ok(Response::new(SealVidsResponse {}))
     }
 
     async fn get_map_at(
@@ -262,25 +297,39 @@ impl CoordinatorService for Coordinator {
     }
 }
 
-fn load_retired(path: &std::path::Path) -> anyhow::Result<BTreeSet<u32>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a JSON list of vids", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+/// A set of vids persisted as a JSON list, written durably before it changes in memory.
+struct VidFile {
+    path: PathBuf,
+    vids: BTreeSet<u32>,
 }
 
-/// Writes the set to a temporary file, syncs it and renames it over the old one.
-fn save_retired(path: &std::path::Path, retired: &BTreeSet<u32>) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec(retired).map_err(std::io::Error::other)?)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+impl VidFile {
+    fn open(path: PathBuf) -> anyhow::Result<Self> {
+        let vids = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a JSON list of vids", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok(Self { path, vids })
     }
-    Ok(())
+
+    fn list(&self) -> Vec<u32> {
+        self.vids.iter().copied().collect()
+    }
+
+    /// Adds `vids`, durably; whether the set grew.
+    fn add(&mut self, vids: &[u32]) -> Result<bool, Status> {
+        let mut next = self.vids.clone();
+        next.extend(vids.iter().copied());
+        if next.len() == self.vids.len() {
+            return Ok(false);
+        }
+        let bytes = serde_json::to_vec(&next).expect("a set of numbers serializes");
+        write_durably(&self.path, &bytes).map_err(|e| {
+            Status::unavailable(format!("cannot persist {}: {e}", self.path.display()))
+        })?;
+        self.vids = next;
+        Ok(true)
+    }
 }

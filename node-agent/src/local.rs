@@ -47,8 +47,11 @@ pub enum Mutation {
         offset: u64,
         len: u64,
     },
-    /// The whole object: it becomes a tombstone.
-    Remove,
+    /// The whole object: it becomes a tombstone. `garbage`: garbage collection of a deleted
+    /// volume's objects, the one change allowed on a sealed vid.
+    Remove {
+        garbage: bool,
+    },
 }
 
 impl Mutation {
@@ -57,7 +60,7 @@ impl Mutation {
         let (offset, len) = match self {
             Self::Write { offset, data } => (*offset, data.len() as u64),
             Self::Zero { offset, len } => (*offset, *len),
-            Self::Remove => return false,
+            Self::Remove { .. } => return false,
         };
         !offset.is_multiple_of(bs) || !len.is_multiple_of(bs)
     }
@@ -109,16 +112,26 @@ impl Local {
         version: u64,
         fua: bool,
     ) -> Reply<Applied> {
-        if self.view.is_retired(oid.vid()) {
+        if self.view.retired.contains(oid.vid()) {
             // A retired vid is never used again: its objects simply go, and nothing may
             // write them back (a late request of the deleted volume).
-            if let Mutation::Remove = change {
+            if let Mutation::Remove { .. } = change {
                 return self
                     .blocking(move |s| s.remove(oid))
                     .await
                     .map(|()| Applied::default());
             }
             return Err(self.invalid(format!("object {oid} belongs to a deleted volume")));
+        }
+        let garbage = matches!(change, Mutation::Remove { garbage: true });
+        if !oid.is_inode() && !garbage && self.view.sealed.contains(oid.vid()) {
+            return Err(ReplicaError::Sealed {
+                node: self.node.clone(),
+                message: format!(
+                    "vid {} is no longer a working volume (snapshotted, rolled back or deleted); look the volume up again",
+                    oid.vid()
+                ),
+            });
         }
         if change.touches_part_of_a_block() {
             self.recovery.before_io(epoch, oid).await?;
@@ -138,16 +151,16 @@ impl Local {
                 self.blocking(move |s| s.zero(oid, spec, offset, len, version, fua))
                     .await
             }
-            Mutation::Remove => {
+            Mutation::Remove { .. } => {
                 self.blocking(move |s| s.remove_at(oid, spec, version, fua))
                     .await
             }
         }
     }
 
-    /// Creates `oid` with `data` at version 0 unless a copy exists (copy-on-write). Returns
+    /// Creates `oid` with `data` at the copy version unless a copy exists (copy-on-write). Returns
     /// whether it was created. A copy not recovered yet is merged in later: its blocks are
-    /// all newer than version 0.
+    /// all newer than the copy version.
     pub async fn put_if_absent(
         &self,
         epoch: &Epoch,

@@ -48,6 +48,7 @@ pub async fn run(
         let req = HeartbeatRequest {
             node: Some(MapNode::from(&me)),
             recovered_epoch: recovered.load(Ordering::Acquire),
+            epoch: view.epoch(),
         };
         match client.heartbeat(req).await {
             Ok(resp) => {
@@ -57,10 +58,13 @@ pub async fn run(
                 failures = 0;
                 let resp = resp.into_inner();
                 let timeout = Duration::from_millis(resp.failure_timeout_ms);
+                // Before the lease: a node cut off during a snapshot must know the old vid is
+                // sealed before it serves again. Before the map: recovery of a new epoch must
+                // already skip retired vids.
+                view.sealed.add(&resp.sealed_vids);
+                view.retired.add(&resp.retired_vids);
                 // Stop serving well before the others give up on this node.
                 view.renew_lease(sent, timeout.mul_f64(0.6));
-                // Before the map: recovery of a new epoch must already skip retired vids.
-                view.add_retired(&resp.retired_vids);
                 if let Some(map) = resp.map {
                     let map = ClusterMap::from(map);
                     let epoch = map.epoch;

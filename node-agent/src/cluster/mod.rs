@@ -47,6 +47,35 @@ impl Epoch {
     }
 }
 
+/// A set of vids that only grows, read far more often than written.
+#[derive(Default)]
+pub struct VidSet(RwLock<Arc<std::collections::HashSet<u32>>>);
+
+impl VidSet {
+    pub fn add(&self, vids: &[u32]) {
+        if vids.iter().all(|v| self.contains(*v)) {
+            return;
+        }
+        let mut set = self.0.write().unwrap();
+        let mut next = (**set).clone();
+        next.extend(vids.iter().copied());
+        *set = Arc::new(next);
+    }
+
+    pub fn contains(&self, vid: u32) -> bool {
+        self.0.read().unwrap().contains(&vid)
+    }
+
+    /// How many vids are in the set (it only grows).
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 pub struct ClusterView {
     self_id: String,
     dir: PathBuf,
@@ -61,7 +90,10 @@ pub struct ClusterView {
     /// Whether every node of the current map has recovered the current epoch.
     all_recovered: AtomicBool,
     /// Vids of deleted volumes, from the coordinator: their objects are garbage everywhere.
-    retired: RwLock<Arc<std::collections::HashSet<u32>>>,
+    pub retired: VidSet,
+    /// Vids that stopped being a working volume (snapshots, rolled back, deleted): nothing may
+    /// change their data objects any more, except garbage collection.
+    pub sealed: VidSet,
 }
 
 impl ClusterView {
@@ -89,31 +121,11 @@ impl ClusterView {
             lease_until_ms: AtomicU64::new(if fenced { 0 } else { u64::MAX }),
             started: Instant::now(),
             all_recovered: AtomicBool::new(false),
-            retired: RwLock::default(),
+            retired: VidSet::default(),
+            sealed: VidSet::default(),
         };
         view.persist(&map)?;
         Ok(view)
-    }
-
-    /// Adds vids the coordinator has retired (deleted volumes).
-    pub fn add_retired(&self, vids: &[u32]) {
-        if vids.iter().all(|v| self.is_retired(*v)) {
-            return;
-        }
-        let mut retired = self.retired.write().unwrap();
-        let mut next = (**retired).clone();
-        next.extend(vids.iter().copied());
-        *retired = Arc::new(next);
-    }
-
-    /// Whether `vid` belongs to a deleted volume: none of its objects may be kept or served.
-    pub fn is_retired(&self, vid: u32) -> bool {
-        self.retired.read().unwrap().contains(&vid)
-    }
-
-    /// How many vids are retired (grows only).
-    pub fn retired_count(&self) -> usize {
-        self.retired.read().unwrap().len()
     }
 
     pub fn self_id(&self) -> &str {
@@ -225,10 +237,24 @@ pub fn load_history(dir: &Path) -> std::io::Result<BTreeMap<u64, ClusterMap>> {
     Ok(history)
 }
 
-/// Writes `map` to `dir/<epoch>.json` atomically.
+/// Writes `map` to `dir/<epoch>.json` atomically and durably: an epoch, once published or
+/// adopted, survives a power cut.
 pub fn save_map(dir: &Path, map: &ClusterMap) -> std::io::Result<()> {
     let path = dir.join(format!("{:020}.json", map.epoch));
+    write_durably(&path, map.to_json().as_bytes())
+}
+
+/// Replaces `path` with `bytes`: a synced temporary file renamed over it, then the directory
+/// synced.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, map.to_json())?;
-    std::fs::rename(&tmp, &path)
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

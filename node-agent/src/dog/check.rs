@@ -249,7 +249,7 @@ async fn fix(
             good.push(copy);
         }
     }
-    let Some(merged) = store::merge(&good) else {
+    let Some(merged) = store::merge(&good, store::table_vid(oid)) else {
         return 0;
     };
     let digest = xxhash_rust::xxh3::xxh3_64(&merged.data);

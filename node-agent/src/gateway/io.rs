@@ -8,13 +8,15 @@
 //! another's first writes and copies as soon as they are acknowledged.
 //!
 //! Copy-on-write: the first write to an object that an ancestor snapshot owns reads that
-//! object whole and creates the volume's own copy on every replica that has none (at version
-//! 0, older than any write, so a copy another gateway made first is kept with its writes),
+//! object whole and creates the volume's own copy on every replica that has none (at the
+//! copy version, older than any write, so a copy another gateway made first is kept with its
+//! writes),
 //! then writes the new data over it and points the table entry at it. Writes hold the
 //! volume's freeze gate while they run.
 
 use super::{Gateway, GatewayError, Result, Volume};
-use crate::freeze::Entered;
+use crate::freeze::{Change, Entered};
+use crate::peer::ReplicaError;
 use crate::store::ObjectSpec;
 use bytes::Bytes;
 use sheepdog_model::{BLOCK_SIZE, Inode, ObjectId};
@@ -71,10 +73,14 @@ impl Gateway {
     /// Reads `len` bytes at `offset`; never-written ranges read as zeros.
     pub async fn read(&self, volume: &Volume, offset: u64, len: u64) -> Result<Vec<u8>> {
         let vid = volume.vid();
+        let snapshot = volume.inode.read().unwrap().snapshot;
         if let Some(change) = self.freezer.change(vid)
-            && !volume.inode.read().unwrap().snapshot
+            && !snapshot
         {
             self.follow(volume, vid, change).await?;
+        } else if !snapshot && self.replicas.view().sealed.contains(vid) {
+            // This working handle missed the freeze that replaced its vid.
+            self.follow(volume, vid, Change::Unknown).await?;
         }
         let layout = check(volume, offset, len, false)?;
         let owners = self.owners(volume, &layout, offset, len).await?;
@@ -95,6 +101,44 @@ impl Gateway {
 
     /// Writes `data` at `offset`; with `fua` it is durable when this returns.
     pub async fn write(&self, volume: &Volume, offset: u64, data: Bytes, fua: bool) -> Result<()> {
+        self.on_working_vid(volume, || {
+            self.write_once(volume, offset, data.clone(), fua)
+        })
+        .await
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros and frees whole objects (TRIM, WRITE_ZEROES).
+    pub async fn zero(&self, volume: &Volume, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.on_working_vid(volume, || self.zero_once(volume, offset, len, fua))
+            .await
+    }
+
+    /// Runs a change, and again on the volume's new vid if replicas refuse the old one as
+    /// sealed: this gateway missed the freeze of a snapshot, rollback or delete (it was cut
+    /// off), so it looks the volume up again. Nothing was changed on a sealed vid.
+    async fn on_working_vid<F: Future<Output = Result<()>>>(
+        &self,
+        volume: &Volume,
+        change: impl Fn() -> F,
+    ) -> Result<()> {
+        let mut attempts = 0;
+        loop {
+            match change().await {
+                Err(GatewayError::Replica(ReplicaError::Sealed { .. })) if attempts < 3 => {
+                    attempts += 1;
+                    let vid = volume.vid();
+                    tracing::info!(
+                        vdi.id = vid,
+                        "the volume moved on while this gateway was away; following it"
+                    );
+                    self.follow(volume, vid, Change::Unknown).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn write_once(&self, volume: &Volume, offset: u64, data: Bytes, fua: bool) -> Result<()> {
         let _entered = self.enter(volume).await?;
         let layout = check(volume, offset, data.len() as u64, true)?;
         for seg in segments(layout.object_size, offset, data.len() as u64) {
@@ -116,8 +160,7 @@ impl Gateway {
         Ok(())
     }
 
-    /// Makes `len` bytes at `offset` read as zeros and frees whole objects (TRIM, WRITE_ZEROES).
-    pub async fn zero(&self, volume: &Volume, offset: u64, len: u64, fua: bool) -> Result<()> {
+    async fn zero_once(&self, volume: &Volume, offset: u64, len: u64, fua: bool) -> Result<()> {
         let _entered = self.enter(volume).await?;
         let layout = check(volume, offset, len, true)?;
         let owners = self.owners(volume, &layout, offset, len).await?;

@@ -5,7 +5,7 @@
 
 use super::{GatewayError, Result};
 use sheepdog_api::v1::coordinator_service_client::CoordinatorServiceClient;
-use sheepdog_api::v1::{LockRequest, RetireVidsRequest, UnlockRequest};
+use sheepdog_api::v1::{LockRequest, RetireVidsRequest, SealVidsRequest, UnlockRequest};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
@@ -26,6 +26,8 @@ pub struct Held<'a> {
     _local: tokio::sync::MutexGuard<'a, ()>,
     /// Vids retired in the cluster when the lock was granted.
     pub retired: Vec<u32>,
+    /// Vids sealed in the cluster when the lock was granted.
+    pub sealed: Vec<u32>,
 }
 
 impl MetadataLock {
@@ -53,6 +55,7 @@ impl MetadataLock {
             return Ok(Held {
                 _local: local,
                 retired: Vec::new(),
+                sealed: Vec::new(),
             });
         };
         let deadline = Instant::now() + WAIT;
@@ -65,10 +68,11 @@ impl MetadataLock {
             };
             match client.clone().lock(req).await {
                 Ok(resp) if resp.get_ref().granted => {
-                    let retired = resp.into_inner().retired_vids;
+                    let resp = resp.into_inner();
                     return Ok(Held {
                         _local: local,
-                        retired,
+                        retired: resp.retired_vids,
+                        sealed: resp.sealed_vids,
                     });
                 }
                 Ok(resp) => last = format!("node {} holds it", resp.into_inner().holder),
@@ -88,15 +92,21 @@ impl MetadataLock {
         let req = RetireVidsRequest {
             vids: vids.to_vec(),
         };
-        client
-            .clone()
-            .retire_vids(req)
-            .await
-            .map(drop)
-            .map_err(|status| GatewayError::TimedOut {
-                what: "retiring the vids of deleted volumes".into(),
-                reason: format!("the coordinator: {}", status.message()),
-            })
+        let done = client.clone().retire_vids(req).await.map(drop);
+        done.map_err(|status| coordinator_failed("retiring the vids of deleted volumes", &status))
+    }
+
+    /// Seals `vids` for good on the coordinator (see the `SealVids` RPC); durable when it
+    /// returns. Part of a snapshot, rollback or delete, which run under this lock.
+    pub async fn seal(&self, vids: &[u32]) -> Result<()> {
+        let Some(client) = &self.coordinator else {
+            return Ok(());
+        };
+        let req = SealVidsRequest {
+            vids: vids.to_vec(),
+        };
+        let done = client.clone().seal_vids(req).await.map(drop);
+        done.map_err(|status| coordinator_failed("sealing the vids of replaced volumes", &status))
     }
 
     /// Releases the cluster-wide lock (the local one goes with `held`).
@@ -111,5 +121,12 @@ impl MetadataLock {
             }
         }
         drop(held);
+    }
+}
+
+fn coordinator_failed(what: &str, status: &tonic::Status) -> GatewayError {
+    GatewayError::TimedOut {
+        what: what.into(),
+        reason: format!("the coordinator: {}", status.message()),
     }
 }

@@ -30,9 +30,12 @@ enum Op {
         len: u64,
         fua: bool,
     },
-    /// The whole object: it becomes a tombstone.
-    Remove,
-    /// A copy-on-write copy: created at version 0 where absent, left alone where present.
+    /// The whole object: it becomes a tombstone. `garbage`: collection of a deleted volume's
+    /// objects (allowed on sealed vids).
+    Remove {
+        garbage: bool,
+    },
+    /// A copy-on-write copy: created at the copy version (`store::COPY_VERSION`) where absent, left alone where present.
     PutIfAbsent {
         data: Bytes,
     },
@@ -203,7 +206,11 @@ impl Replicas {
                         tracing::warn!(object = %oid, error = %e, "read failed on one replica; trying another");
                         last = Some(e);
                     }
-                    Err(e @ (ReplicaError::Invalid { .. } | ReplicaError::DiskFull { .. })) => {
+                    Err(
+                        e @ (ReplicaError::Invalid { .. }
+                        | ReplicaError::DiskFull { .. }
+                        | ReplicaError::Sealed { .. }),
+                    ) => {
                         return Err(e.into());
                     }
                 }
@@ -243,10 +250,15 @@ impl Replicas {
 
     /// Removes an object: every replica keeps a tombstone that refuses older changes.
     pub async fn remove(&self, oid: ObjectId, spec: ObjectSpec) -> Result<()> {
-        self.mutate(oid, spec, Op::Remove).await
+        self.mutate(oid, spec, Op::Remove { garbage: false }).await
     }
 
-    /// Creates `oid` holding `data` at version 0 on every replica that has no copy of it: the
+    /// Removes an object of a deleted volume that nothing reads any more.
+    pub async fn collect(&self, oid: ObjectId, spec: ObjectSpec) -> Result<()> {
+        self.mutate(oid, spec, Op::Remove { garbage: true }).await
+    }
+
+    /// Creates `oid` holding `data` at the copy version on every replica that has no copy of it: the
     /// copy of a copy-on-write, which any number of gateways may make at once.
     pub async fn put_if_absent(&self, oid: ObjectId, spec: ObjectSpec, data: Bytes) -> Result<()> {
         self.mutate(oid, spec, Op::PutIfAbsent { data }).await
@@ -356,7 +368,8 @@ impl Replicas {
                     Err(
                         e @ (ReplicaError::Corrupt { .. }
                         | ReplicaError::DiskFull { .. }
-                        | ReplicaError::Invalid { .. }),
+                        | ReplicaError::Invalid { .. }
+                        | ReplicaError::Sealed { .. }),
                     ) => {
                         return Err(e.into());
                     }
@@ -405,7 +418,7 @@ impl Replicas {
             let (mutation, fua) = match op.clone() {
                 Op::Write { offset, data, fua } => (Mutation::Write { offset, data }, fua),
                 Op::Zero { offset, len, fua } => (Mutation::Zero { offset, len }, fua),
-                Op::Remove => (Mutation::Remove, false),
+                Op::Remove { garbage } => (Mutation::Remove { garbage }, false),
                 Op::PutIfAbsent { data } => {
                     return self
                         .local
@@ -431,7 +444,11 @@ impl Replicas {
                     .zero(node, e, oid, spec, offset, len, version, fua)
                     .await
             }
-            Op::Remove => self.peers.remove(node, e, oid, spec, version, false).await,
+            Op::Remove { garbage } => {
+                self.peers
+                    .remove(node, e, oid, spec, version, garbage)
+                    .await
+            }
             Op::PutIfAbsent { data } => self
                 .peers
                 .put_if_absent(node, e, oid, spec, data)

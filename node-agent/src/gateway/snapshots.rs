@@ -76,6 +76,7 @@ impl Gateway {
                 Repair::Delete(_) => inode.deleted = true,
             }
             tracing::warn!(vdi.id = vid, repair = ?repair, "finishing an interrupted volume operation");
+            self.seal(vid).await;
             self.store_inode_header(&inode).await?;
         }
         self.collect_garbage().await?;
@@ -113,6 +114,7 @@ impl Gateway {
             next.ctime_ns = now_ns();
             next.tag.clear();
             self.commit(&next).await?;
+            self.seal(old_vid).await;
             Ok((snapshot, next))
         }
         .await;
@@ -194,6 +196,7 @@ impl Gateway {
             return Err(e);
         }
         if let Some(old) = old {
+            self.seal(old).await;
             self.move_local(old, &next);
             self.thaw_everywhere(old, Some(Change::Replaced(next.vid)))
                 .await;
@@ -222,6 +225,7 @@ impl Gateway {
                     self.thaw_everywhere(vid, None).await;
                     return Err(e);
                 }
+                self.seal(vid).await;
                 self.forget(vid);
                 self.thaw_everywhere(vid, Some(Change::Deleted)).await;
             }
@@ -259,14 +263,14 @@ impl Gateway {
         if !garbage.inodes.is_empty() {
             // First, durably: a node away now drops these vids' copies when it returns.
             self.metadata.retire(&garbage.inodes).await?;
-            self.replicas.view().add_retired(&garbage.inodes);
+            self.replicas.view().retired.add(&garbage.inodes);
         }
         for &oid in &garbage.objects {
             let spec = dir.get(oid.vid()).map_or(inode_spec(1), |i| ObjectSpec {
                 capacity: u64::from(i.object_size),
                 copies: i.copies,
             });
-            self.replicas.remove(oid, spec).await?;
+            self.replicas.collect(oid, spec).await?;
         }
         for &vid in &garbage.inodes {
             if let Some(inode) = dir.get(vid) {
@@ -275,24 +279,9 @@ impl Gateway {
                     .await?;
             }
         }
-        // Deleted inodes that stay (some objects are still read) forget the freed ones.
-        let freed: std::collections::HashSet<ObjectId> = garbage.objects.iter().copied().collect();
-        for inode in dir
-            .all()
-            .filter(|i| i.deleted && !garbage.inodes.contains(&i.vid))
-        {
-            let mut kept = inode.clone();
-            let mut changed = false;
-            for (index, entry) in kept.data_vids.iter_mut().enumerate() {
-                if *entry == kept.vid && freed.contains(&ObjectId::data(kept.vid, index as u32)) {
-                    *entry = 0;
-                    changed = true;
-                }
-            }
-            if changed {
-                self.store_inode(&kept).await?;
-            }
-        }
+        // Deleted inodes that stay (some objects are still read) keep their table entries:
+        // entries never go back (see `store::table`). Their freed objects are tombstones, and
+        // removing a tombstone again changes nothing.
         if !garbage.objects.is_empty() || !garbage.inodes.is_empty() {
             tracing::info!(
                 objects = garbage.objects.len(),
@@ -301,6 +290,18 @@ impl Gateway {
             );
         }
         Ok(())
+    }
+
+    /// Seals `vid` (it stopped being a working volume) here and on the coordinator, durably.
+    /// Called after the operation's commit point, so it cannot fail the operation: if the
+    /// coordinator cannot record it, the nodes frozen by the operation still know (the thaw
+    /// tells them), and only a gateway cut off during the operation could still write the
+    /// old vid; that is logged.
+    async fn seal(&self, vid: u32) {
+        self.replicas.view().sealed.add(&[vid]);
+        if let Err(e) = self.metadata.seal(&[vid]).await {
+            tracing::error!(vdi.id = vid, error = %e, "cannot seal a replaced vid on the coordinator; a gateway cut off now could still write to it");
+        }
     }
 
     /// Points this node's handle of the volume at its new working inode.

@@ -40,7 +40,8 @@ impl Gateway {
         operation: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let held = self.metadata.acquire().await?;
-        self.replicas.view().add_retired(&held.retired);
+        self.replicas.view().retired.add(&held.retired);
+        self.replicas.view().sealed.add(&held.sealed);
         let result = operation.await;
         self.metadata.release(held).await;
         result
@@ -124,25 +125,20 @@ impl Gateway {
             capacity: u64::from(old.object_size),
             copies: old.copies,
         };
+        // Past a new, smaller end every written object becomes an empty one of the volume's
+        // own (entries never go back to 0), so growing again reads zeros there.
         for index in new.data_vids.len()..old.data_vids.len() {
-            if old.data_vids[index] == old.vid {
-                self.replicas
-                    .remove(ObjectId::data(old.vid, index as u32), spec)
-                    .await?;
+            let owner = old.data_vids[index];
+            if owner == 0 {
+                continue;
             }
-        }
-        if new.data_vids.len() < old.data_vids.len() {
-            let from = Inode::table_offset(new.data_vids.len() as u32);
-            let len = 4 * (old.data_vids.len() - new.data_vids.len()) as u64;
+            let index = index as u32;
             self.replicas
-                .zero(
-                    ObjectId::inode(old.vid),
-                    inode_spec(old.copies),
-                    from,
-                    len,
-                    false,
-                )
+                .remove(ObjectId::data(old.vid, index), spec)
                 .await?;
+            if owner != old.vid {
+                self.set_owner(volume, index, old.vid, false).await?;
+            }
         }
         self.store_inode_header(&new).await?;
         *volume.inode.write().unwrap() = new.clone();
@@ -200,7 +196,7 @@ impl Gateway {
 
     /// A vid for a new inode called `name`: unused, unreferenced and never retired.
     pub(super) fn new_vid(&self, dir: &Directory, name: &str) -> Result<u32> {
-        free_vid(dir, name, |vid| self.replicas.view().is_retired(vid))
+        free_vid(dir, name, |vid| self.replicas.view().retired.contains(vid))
     }
 
     /// Caches a working volume, unless this vid is cached already.
@@ -280,7 +276,7 @@ impl Gateway {
             .list()
             .into_iter()
             .filter(|(o, m)| {
-                o.is_inode() && !m.tombstone && !self.replicas.view().is_retired(o.vid())
+                o.is_inode() && !m.tombstone && !self.replicas.view().retired.contains(o.vid())
             })
             .map(|(o, m)| (o, m.copies))
             .collect();

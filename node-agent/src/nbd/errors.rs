@@ -37,7 +37,8 @@ fn replica_errno(err: &ReplicaError, writes: bool) -> u32 {
         ReplicaError::Epoch { .. }
         | ReplicaError::Unreachable { .. }
         | ReplicaError::Corrupt { .. }
-        | ReplicaError::Failed { .. } => EIO,
+        | ReplicaError::Failed { .. }
+        | ReplicaError::Sealed { .. } => EIO,
     }
 }
 

@@ -171,6 +171,7 @@ impl Peers {
         Ok((newer != 0).then_some(newer))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn remove(
         &self,
         node: &NodeInfo,
@@ -178,7 +179,7 @@ impl Peers {
         oid: ObjectId,
         spec: ObjectSpec,
         version: u64,
-        fua: bool,
+        garbage: bool,
     ) -> Reply<Option<u64>> {
         let req = v1::RemoveObjectRequest {
             epoch,
@@ -186,13 +187,14 @@ impl Peers {
             version,
             capacity: spec.capacity,
             copies: u32::from(spec.copies),
-            fua,
+            fua: false,
+            garbage,
         };
         let newer = answer(node, self.client(node)?.remove_object(req).await)?.newer;
         Ok((newer != 0).then_some(newer))
     }
 
-    /// Creates `oid` on `node` with `data` at version 0 unless it has a copy already.
+    /// Creates `oid` on `node` with `data` at the copy version unless it has a copy already.
     pub async fn put_if_absent(
         &self,
         node: &NodeInfo,

@@ -74,6 +74,8 @@ pub enum Status {
     DiskFull = 4,
     Invalid = 5,
     Failed = 6,
+    /// The object belongs to a vid that is no longer a working volume.
+    Sealed = 7,
 }
 
 /// A reply header.
@@ -167,6 +169,7 @@ impl Reply {
             4 => Status::DiskFull,
             5 => Status::Invalid,
             6 => Status::Failed,
+            7 => Status::Sealed,
             other => return Err(FrameError::Kind(other)),
         };
         let length = u32_at(b, 24);
@@ -193,6 +196,7 @@ impl Status {
             ReplicaError::DiskFull { .. } => Self::DiskFull,
             ReplicaError::Invalid { .. } => Self::Invalid,
             ReplicaError::Failed { .. } => Self::Failed,
+            ReplicaError::Sealed { .. } => Self::Sealed,
         }
     }
 
@@ -213,6 +217,7 @@ impl Status {
             Self::DiskFull => ReplicaError::DiskFull { node, message },
             Self::Invalid => ReplicaError::Invalid { node, message },
             Self::Failed => ReplicaError::Failed { node, message },
+            Self::Sealed => ReplicaError::Sealed { node, message },
         })
     }
 }
@@ -242,7 +247,7 @@ mod tests {
         }
 
         #[test]
-        fn replies_round_trip(status in 0u8..=6, id: u64, epoch: u64, length in 0u32..=(MAX_MESSAGE as u32), newer: u64) {
+        fn replies_round_trip(status in 0u8..=7, id: u64, epoch: u64, length in 0u32..=(MAX_MESSAGE as u32), newer: u64) {
             let mut bytes = Reply { status: Status::Ok, id, epoch, length, newer }.encode();
             bytes[4] = status;
             let reply = Reply::decode(&bytes).unwrap();

@@ -37,6 +37,8 @@ pub enum ReplicaError {
     Invalid { node: String, message: String },
     #[error("node {node} failed: {message}")]
     Failed { node: String, message: String },
+    #[error("node {node} refused the change: {message}")]
+    Sealed { node: String, message: String },
 }
 
 impl ReplicaError {
@@ -79,6 +81,7 @@ impl ReplicaError {
             Self::DiskFull { .. } => tonic::Status::resource_exhausted(message),
             Self::Invalid { .. } => tonic::Status::invalid_argument(message),
             Self::Failed { .. } => tonic::Status::internal(message),
+            Self::Sealed { .. } => tonic::Status::aborted(message),
         }
     }
 
@@ -109,11 +112,11 @@ impl ReplicaError {
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
                 Self::Invalid { node, message }
             }
+            tonic::Code::Aborted => Self::Sealed { node, message },
             tonic::Code::Ok
             | tonic::Code::NotFound
             | tonic::Code::AlreadyExists
             | tonic::Code::PermissionDenied
-            | tonic::Code::Aborted
             | tonic::Code::Unimplemented
             | tonic::Code::Internal
             | tonic::Code::Unauthenticated => Self::Failed { node, message },

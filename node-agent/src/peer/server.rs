@@ -154,7 +154,9 @@ impl PeerService for PeerApi {
                 &epoch,
                 oid(req.oid)?,
                 spec,
-                Mutation::Remove,
+                Mutation::Remove {
+                    garbage: req.garbage,
+                },
                 req.version,
                 req.fua,
             )
@@ -180,7 +182,7 @@ impl PeerService for PeerApi {
             .list()
             .into_iter()
             .filter(|(oid, _)| !req.inodes_only || oid.is_inode())
-            .filter(|(oid, _)| !self.view.is_retired(oid.vid()))
+            .filter(|(oid, _)| !self.view.retired.contains(oid.vid()))
             .map(|(oid, meta)| v1::StoredObject {
                 oid: oid.raw(),
                 copies: u32::from(meta.copies),
@@ -323,6 +325,11 @@ impl PeerService for PeerApi {
             Outcome::Replaced => Some(Change::Replaced(req.successor_vid)),
             Outcome::Deleted => Some(Change::Deleted),
         };
+        if matches!(change, Some(Change::Replaced(next)) if next != req.vid)
+            || change == Some(Change::Deleted)
+        {
+            self.view.sealed.add(&[req.vid]);
+        }
         self.freezer.thaw(req.vid, change);
         Ok(Response::new(v1::ThawVolumeResponse {}))
     }

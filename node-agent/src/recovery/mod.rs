@@ -161,7 +161,7 @@ impl Recovery {
         let me = self.view.self_id().to_owned();
         let mut pending = HashMap::new();
         for (oid, listed) in objects {
-            if self.view.is_retired(oid.vid()) {
+            if self.view.retired.contains(oid.vid()) {
                 continue;
             }
             if !epoch
@@ -282,7 +282,7 @@ impl Recovery {
         let Some(pending) = self.pending(epoch, oid) else {
             return Ok(());
         };
-        if self.view.is_retired(oid.vid()) {
+        if self.view.retired.contains(oid.vid()) {
             // Its volume was deleted meanwhile: nothing to recover.
             self.finish(epoch, oid, false);
             return Ok(());
@@ -360,13 +360,13 @@ impl Recovery {
     /// growth of the retired set. A node that was away during a delete drops them here
     /// instead of bringing the volume back.
     async fn purge_retired(&self) {
-        let count = self.view.retired_count();
+        let count = self.view.retired.len();
         if self.purged_through.load(Ordering::Acquire) >= count {
             return;
         }
         let mut removed = 0;
         for (oid, _) in self.store.list() {
-            if !self.view.is_retired(oid.vid()) {
+            if !self.view.retired.contains(oid.vid()) {
                 continue;
             }
             self.finish(self.view.epoch(), oid, false);

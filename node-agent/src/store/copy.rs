@@ -34,9 +34,10 @@ impl Copy {
 }
 
 /// The newest state of an object from several copies of it: for every block, the data of the
-/// copy whose version of that block is highest. The floor is the highest floor. `None` when
-/// `copies` is empty.
-pub fn merge(copies: &[Copy]) -> Option<Copy> {
+/// copy whose version of that block is highest. The floor is the highest floor. For the
+/// inode of `table_vid`, blocks of its data table are joined entry by entry instead (see
+/// `table`), at the highest version. `None` when `copies` is empty.
+pub fn merge(copies: &[Copy], table_vid: Option<u32>) -> Option<Copy> {
     let first = copies.first()?;
     if copies.len() == 1 {
         return Some(first.clone());
@@ -45,15 +46,27 @@ pub fn merge(copies: &[Copy]) -> Option<Copy> {
     let floor = copies.iter().map(|c| c.floor).max().unwrap_or(0);
     let mut versions = vec![0u64; blocks];
     let mut data = vec![0u8; blocks * BS as usize];
+    let table_from = (super::table::TABLE_START / BS) as usize;
     for (i, version) in versions.iter_mut().enumerate() {
-        let newest = copies
-            .iter()
-            .max_by_key(|c| c.version(i))
-            .expect("at least one copy");
-        let v = newest.version(i);
-        if v > floor {
-            *version = v;
-            data[i * BS as usize..(i + 1) * BS as usize].copy_from_slice(&newest.block(i));
+        let out = &mut data[i * BS as usize..(i + 1) * BS as usize];
+        match table_vid {
+            Some(vid) if i >= table_from => {
+                for copy in copies.iter().filter(|c| c.version(i) > floor) {
+                    *version = (*version).max(copy.version(i));
+                    super::table::join_into(vid, out, &copy.block(i));
+                }
+            }
+            _ => {
+                let newest = copies
+                    .iter()
+                    .max_by_key(|c| c.version(i))
+                    .expect("at least one copy");
+                let v = newest.version(i);
+                if v > floor {
+                    *version = v;
+                    out.copy_from_slice(&newest.block(i));
+                }
+            }
         }
     }
     let used = data
@@ -97,7 +110,7 @@ mod tests {
     fn each_block_comes_from_its_newest_copy() {
         let a = copy(0, &[(5, 1), (2, 2), (0, 0)]);
         let b = copy(0, &[(3, 9), (7, 8), (1, 4)]);
-        let merged = merge(&[a, b]).unwrap();
+        let merged = merge(&[a, b], None).unwrap();
         assert_eq!(merged.versions, vec![5, 7, 1, 0]);
         assert_eq!(merged.block(0)[0], 1);
         assert_eq!(merged.block(1)[0], 8);
@@ -109,10 +122,41 @@ mod tests {
     fn a_newer_removal_hides_older_blocks() {
         let stale = copy(0, &[(5, 1), (9, 2)]);
         let removed = copy(6, &[]);
-        let merged = merge(&[stale, removed]).unwrap();
+        let merged = merge(&[stale, removed], None).unwrap();
         assert_eq!(merged.floor, 6);
         assert_eq!(merged.versions, vec![0, 9, 0, 0]);
         assert_eq!(merged.block(0), [0u8; BS as usize]);
         assert_eq!(merged.block(1)[0], 2);
+    }
+
+    #[test]
+    fn inode_tables_join_entry_by_entry() {
+        let entry = |index: usize, vid: u32| {
+            let mut data = vec![0u8; 2 * BS as usize];
+            let at = BS as usize + 4 * index;
+            data[at..at + 4].copy_from_slice(&vid.to_le_bytes());
+            data
+        };
+        let copy = |versions: Vec<u64>, data: Vec<u8>| Copy {
+            spec: ObjectSpec {
+                capacity: 2 * BS,
+                copies: 2,
+            },
+            floor: 0,
+            versions,
+            data,
+        };
+        // Two gateways set entries 3 and 5 of one block; each replica saw one first.
+        let a = copy(vec![1, 9], entry(3, 7));
+        let b = copy(vec![2, 8], entry(5, 7));
+        let merged = merge(&[a, b], Some(7)).unwrap();
+        assert_eq!(
+            merged.versions,
+            vec![2, 9],
+            "the header is the newest copy's"
+        );
+        let table = &merged.data[BS as usize..];
+        assert_eq!(table[12..16], 7u32.to_le_bytes());
+        assert_eq!(table[20..24], 7u32.to_le_bytes());
     }
 }

@@ -12,6 +12,7 @@
 mod copy;
 mod dirty_log;
 pub mod format;
+mod table;
 
 pub use copy::{Copy, merge};
 use dirty_log::DirtyLog;
@@ -25,8 +26,13 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+pub use table::table_vid;
 
 const LOCK_STRIPES: usize = 256;
+/// The version of every block of a copy-on-write copy: older than any write (versions of
+/// writes come from wall clocks), newer than a block never written (0), so recovery tells a
+/// copy from a hole and copies it.
+pub const COPY_VERSION: u64 = 1;
 const MAX_OPEN_FILES: usize = 4096;
 
 /// A failed object-store operation.
@@ -236,7 +242,12 @@ impl ObjectStore {
             };
             check_range(&obj, offset, len)?;
             self.mark_dirty(oid)?;
-            let change = apply(&obj, offset, len, fill, version)?;
+            let change = match table::table_vid(oid) {
+                Some(vid) if offset + len > table::TABLE_START => {
+                    change_inode(&obj, vid, offset, fill, version)?
+                }
+                _ => apply(&obj, offset, len, fill, version)?,
+            };
             if change.changed {
                 self.update_meta(oid, |meta| {
                     meta.summary ^= change.summary_delta;
@@ -289,6 +300,10 @@ impl ObjectStore {
                 if floor >= version {
                     let newer = (floor > version).then_some(floor);
                     return Ok(Applied { newer });
+                }
+                if self.meta(oid).is_some_and(|m| m.tombstone) {
+                    // Removed already: nothing can be older than "empty".
+                    return Ok(Applied::default());
                 }
                 ObjectSpec {
                     capacity: obj.header.capacity,
@@ -518,9 +533,10 @@ impl ObjectStore {
         Ok(file)
     }
 
-    /// Creates `oid` holding `data` with every block at version 0 (older than any write),
-    /// unless the object exists already (a copy-on-write copy another gateway made first).
-    /// Returns whether it was created. Durable when this returns.
+    /// Creates `oid` holding `data` with every block at [`COPY_VERSION`] (older than any
+    /// write, newer than a block never written), unless the object exists already (a
+    /// copy-on-write copy another gateway made first). Returns whether it was created.
+    /// Durable when this returns.
     pub fn put_if_absent(&self, oid: ObjectId, spec: ObjectSpec, data: &[u8]) -> Result<bool> {
         self.check_health()?;
         let _guard = self.lock(oid).write().unwrap();
@@ -536,7 +552,8 @@ impl ObjectStore {
                 capacity,
             });
         }
-        self.create_file(header(oid, spec, 0), data, &[])?;
+        let versions = vec![COPY_VERSION; spec.capacity.div_ceil(BS) as usize];
+        self.create_file(header(oid, spec, 0), data, &versions)?;
         self.sync_dir()?;
         Ok(true)
     }
@@ -567,7 +584,7 @@ impl ObjectStore {
             Err(e) => return Err(e),
         };
         copies.extend(local.clone());
-        let Some(merged) = merge(&copies) else {
+        let Some(merged) = merge(&copies, table::table_vid(oid)) else {
             return Ok(false);
         };
         if local.as_ref() == Some(&merged) {
@@ -857,10 +874,95 @@ fn read_verified(obj: &ObjectFile, offset: u64, buf: &mut [u8]) -> Result<()> {
 }
 
 /// What [`apply`] did.
+#[derive(Default)]
 struct Change {
     newer: Option<u64>,
     summary_delta: u64,
     changed: bool,
+}
+
+impl Change {
+    fn and(self, other: Change) -> Change {
+        Change {
+            newer: self.newer.max(other.newer),
+            summary_delta: self.summary_delta ^ other.summary_delta,
+            changed: self.changed || other.changed,
+        }
+    }
+}
+
+/// A change to an inode object: the header by versions ([`apply`]), the data table entry by
+/// entry ([`join_table`]). Zeroing table entries changes nothing: entries never go back.
+fn change_inode(
+    obj: &ObjectFile,
+    vid: u32,
+    offset: u64,
+    fill: Fill,
+    version: u64,
+) -> Result<Change> {
+    let start = table::TABLE_START;
+    let mut change = Change::default();
+    if offset < start {
+        let head = match fill {
+            Fill::Data(data) => Fill::Data(&data[..(start - offset) as usize]),
+            Fill::Zeros => Fill::Zeros,
+        };
+        change = apply(obj, offset, start - offset, head, version)?;
+    }
+    let from = offset.max(start);
+    if let Fill::Data(data) = fill {
+        let part = &data[(from - offset) as usize..];
+        change = change.and(join_table(obj, vid, from, part, version)?);
+    }
+    Ok(change)
+}
+
+/// Joins `data` (whole table entries at `offset`) into the table of `vid`, block by block;
+/// a block takes the newest version it has seen.
+fn join_table(
+    obj: &ObjectFile,
+    vid: u32,
+    offset: u64,
+    data: &[u8],
+    version: u64,
+) -> Result<Change> {
+    if !offset.is_multiple_of(4) || !data.len().is_multiple_of(4) {
+        return apply(obj, offset, data.len() as u64, Fill::Data(data), version);
+    }
+    let (first, end) = (offset / BS, (offset + data.len() as u64).div_ceil(BS));
+    let mut table = read_table(obj, first, end - first)?;
+    let mut blocks = vec![0u8; ((end - first) * BS) as usize];
+    read_checked(obj, first, &mut blocks, &table)?;
+    let old = blocks.clone();
+    let at = (offset - first * BS) as usize;
+    table::join_into(vid, &mut blocks[at..at + data.len()], data);
+    let mut change = Change::default();
+    for (i, (new, before)) in blocks
+        .chunks(BS as usize)
+        .zip(old.chunks(BS as usize))
+        .enumerate()
+    {
+        let stored = format::entry_version(&table, i).max(obj.header.floor);
+        if new == before && stored >= version {
+            continue;
+        }
+        let v = stored.max(version);
+        let block = first + i as u64;
+        change.summary_delta ^= format::block_hash(block, format::entry_version(&table, i))
+            ^ format::block_hash(block, v);
+        table[i * ENTRY..(i + 1) * ENTRY].copy_from_slice(&format::entry(new, v));
+        change.changed = true;
+    }
+    if change.changed {
+        let oid = obj.header.oid;
+        obj.file
+            .write_all_at(&blocks, obj.header.data_offset() + first * BS)
+            .map_err(|e| io_error(oid, e))?;
+        obj.file
+            .write_all_at(&table, HEADER_LEN + first * ENTRY as u64)
+            .map_err(|e| io_error(oid, e))?;
+    }
+    Ok(change)
 }
 
 /// Writes `fill` over `len` bytes at `offset`, at `version`, to the blocks whose version is

@@ -415,3 +415,32 @@ fn version_1_objects_are_converted_at_start_and_keep_their_bytes() {
     assert!(matches!(err, StoreError::Corrupt { block: 2, .. }), "{err}");
     assert_eq!(store.meta(oid()).unwrap().copies, 2);
 }
+
+#[test]
+fn a_copy_on_write_copy_is_told_from_a_hole_and_recovered() {
+    let (_a, copied) = store();
+    let (_b, partial) = store();
+    let s = spec(MIB);
+    copied.put_if_absent(oid(), s, &[5u8; 8192]).unwrap();
+    // A new holder that took a whole-block write before recovery reached it.
+    partial
+        .write(oid(), s, 4096, &[6u8; 4096], 20, false)
+        .unwrap();
+    copied
+        .write(oid(), s, 4096, &[6u8; 4096], 20, false)
+        .unwrap();
+    assert_ne!(
+        copied.meta(oid()).unwrap().summary,
+        partial.meta(oid()).unwrap().summary,
+        "the copied block 0 must not look like a hole"
+    );
+    partial
+        .merge_in(oid(), &[copied.get(oid()).unwrap().unwrap()])
+        .unwrap();
+    assert_eq!(read(&partial, 0, 4096), vec![5u8; 4096]);
+    assert_eq!(read(&partial, 4096, 4096), vec![6u8; 4096]);
+    assert_eq!(
+        copied.meta(oid()).unwrap().summary,
+        partial.meta(oid()).unwrap().summary
+    );
+}
