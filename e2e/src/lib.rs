@@ -100,6 +100,8 @@ pub struct Cluster {
     pub pids: Vec<u32>,
     /// Nodes started by hand with `add_node`, stopped when the cluster is dropped.
     pub extra: Vec<std::process::Child>,
+    /// Environment of the nodes `dog cluster up` starts, e.g. `SHEEP_RECOVERY_BANDWIDTH`.
+    pub sheep_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -110,6 +112,12 @@ impl Cluster {
 
     /// Starts a cluster of `nodes` nodes that removes silent nodes after `failure_timeout`.
     pub fn start_with(nodes: u16, failure_timeout: &str) -> Self {
+        Self::start_with_env(nodes, failure_timeout, &[])
+    }
+
+    /// Like [`Cluster::start_with`], every node started with `env` set (sheep reads each
+    /// flag from a `SHEEP_*` variable, e.g. `("SHEEP_RECOVERY_BANDWIDTH", "1M")`).
+    pub fn start_with_env(nodes: u16, failure_timeout: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // One block for the peer ports (the coordinator just below) and the NBD ports: two
         // blocks picked separately can overlap.
@@ -124,6 +132,10 @@ impl Cluster {
             failure_timeout,
             pids: Vec::new(),
             extra: Vec::new(),
+            sheep_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         cluster.up();
         cluster
@@ -136,7 +148,7 @@ impl Cluster {
             self.dir.path().to_str().unwrap().to_owned(),
         );
         let (peer, nbd) = (self.peer_port.to_string(), self.nbd_port.to_string());
-        let out = ok(&mut self.dog_raw(&[
+        let mut up = self.dog_raw(&[
             "cluster",
             "up",
             "--nodes",
@@ -149,7 +161,10 @@ impl Cluster {
             &nbd,
             "--failure-timeout",
             &self.failure_timeout,
-        ]));
+        ]);
+        // The nodes inherit dog's environment.
+        up.envs(self.sheep_env.iter().map(|(k, v)| (k, v)));
+        let out = ok(&mut up);
         self.pids = out
             .lines()
             .filter_map(|l| l.split("pid=").nth(1))
@@ -181,6 +196,12 @@ impl Cluster {
     /// Starts one more `sheep` by hand, pointed only at the coordinator: it joins with no
     /// other configuration. Returns its (gRPC, NBD) ports.
     pub fn add_node(&mut self, id: &str) -> (u16, u16) {
+        self.add_node_with(id, &[])
+    }
+
+    /// Like [`Cluster::add_node`], with extra `sheep` flags such as
+    /// `["--recovery-bandwidth", "256K"]`.
+    pub fn add_node_with(&mut self, id: &str, extra_args: &[&str]) -> (u16, u16) {
         let peer = free_ports(2);
         let nbd = peer + 1;
         let dir = self.dir.path().join(format!("node{id}"));
@@ -198,12 +219,39 @@ impl Cluster {
                 "--coordinator",
                 &format!("127.0.0.1:{}", self.peer_port - 1),
             ])
+            .args(extra_args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
         self.extra.push(child);
         (peer, nbd)
+    }
+
+    /// kill -9 the `index`th node started with [`Cluster::add_node`] (0 for the first).
+    pub fn kill9_added(&mut self, index: usize) {
+        let child = &mut self.extra[index];
+        ok(Command::new("kill").args(["-9", &child.id().to_string()]));
+        child.wait().unwrap();
+    }
+
+    /// The whole content of `volume`, read with `dog vdi read` through node `node`. Panics
+    /// when the read fails.
+    pub fn volume_bytes(&self, node: u16, volume: &str) -> Vec<u8> {
+        let out = run(&mut self.dog_on(node, &["vdi", "read", volume]));
+        assert!(
+            out.status.success(),
+            "dog vdi read {volume} through node {node} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// MD5 (hex) of the whole content of `volume`, read with `dog vdi read` through node
+    /// `node`. Panics when the read fails.
+    pub fn volume_md5(&self, node: u16, volume: &str) -> String {
+        md5(&self.volume_bytes(node, volume))
     }
 
     /// Pid of node `node`, from its pid file.
@@ -369,6 +417,85 @@ pub fn qemu_io_fails(uri: &str, commands: &[&str]) -> String {
     text
 }
 
+/// MD5 (hex) of `data`, computed by `md5sum`.
+pub fn md5(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("md5sum (coreutils)");
+    let mut stdin = child.stdin.take().unwrap();
+    let out = std::thread::scope(|s| {
+        s.spawn(move || stdin.write_all(data).unwrap());
+        child.wait_with_output().unwrap()
+    });
+    assert!(out.status.success(), "md5sum failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Long-lived NBD connections held open by `e2e/checker/two_gateways.py` (libnbd), driven
+/// one command line at a time: see the script for the commands.
+pub struct NbdSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl NbdSession {
+    pub fn start() -> Self {
+        require("nbdsh", "python3-libnbd");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("checker")
+            .join("two_gateways.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends one command and returns its answer line.
+    pub fn send(&mut self, command: &str) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(
+            !line.is_empty(),
+            "two_gateways.py exited while running {command:?}"
+        );
+        line.trim().to_owned()
+    }
+
+    /// Sends a command that must answer "ok..."; panics otherwise.
+    pub fn ok(&mut self, command: &str) -> String {
+        let answer = self.send(command);
+        assert!(answer.starts_with("ok"), "{command:?} answered {answer:?}");
+        answer
+    }
+}
+
+impl Drop for NbdSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A raw NBD client for malformed-input tests.
 pub mod raw_nbd;
 
@@ -423,4 +550,135 @@ pub fn finish_workload(writer: std::process::Child) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(out.stdout.trim_ascii()).unwrap()
+}
+
+/// A cluster whose nodes live in network namespaces of their own, for real partitions.
+pub mod lab;
+
+/// A `lazyfs` mount (`e2e/lazyfs`): a FUSE file system over [`PowerCutFs::backing`] that keeps
+/// every write not yet fsynced in memory, so that [`PowerCutFs::cut`] drops exactly the
+/// writes that were not made durable. Unmounted when dropped (SIGTERM to the `lazyfs` this
+/// started, by pid).
+pub struct PowerCutFs {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    cuts: u64,
+}
+
+impl PowerCutFs {
+    /// Mounts a fresh `lazyfs` with the strict POSIX model of namespace changes: a new,
+    /// removed or renamed entry survives a cut only once its directory was fsynced.
+    pub fn start() -> Self {
+        Self::start_with("strict")
+    }
+
+    /// Mounts a fresh `lazyfs` with `--metadata MODEL`: `strict`, `journal` (any fsync makes
+    /// every earlier namespace change durable, as ext4 and XFS do) or `eager`.
+    pub fn start_with(metadata: &str) -> Self {
+        let bin = bin_dir().join("lazyfs");
+        assert!(
+            bin.exists(),
+            "{} is missing: build the binaries first with `cargo build --workspace --bins`",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (backing, mount) = (dir.path().join("backing"), dir.path().join("mnt"));
+        std::fs::create_dir(&backing).unwrap();
+        std::fs::create_dir(&mount).unwrap();
+        let log = std::fs::File::create(dir.path().join("lazyfs.log")).unwrap();
+        let mut child = Command::new(bin)
+            .arg("--backing")
+            .arg(&backing)
+            .arg("--mount")
+            .arg(&mount)
+            .args(["--metadata", metadata])
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut fs = Self {
+            dir,
+            child,
+            lines,
+            cuts: 0,
+        };
+        fs.wait_line("ready");
+        fs
+    }
+
+    /// Where the file system is mounted.
+    pub fn mount(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// The backing directory: what is durable.
+    pub fn backing(&self) -> PathBuf {
+        self.dir.path().join("backing")
+    }
+
+    /// A directory outside the mount for logs and scratch files.
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Cuts the power: every write not fsynced is dropped, every namespace change not durable
+    /// undone, and handles opened before fail with EIO. Returns `lazyfs`'s report, e.g.
+    /// `cut 1 files=2 bytes=8192 undone=1 handles=0`.
+    pub fn cut(&mut self) -> String {
+        ok(Command::new("kill").args(["-USR1", &self.child.id().to_string()]));
+        self.cuts += 1;
+        self.wait_line(&format!("cut {} ", self.cuts))
+    }
+
+    /// `lazyfs`'s log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("lazyfs.log")).unwrap_or_default()
+    }
+
+    /// Waits for a line of `lazyfs`'s stdout starting with `prefix`.
+    fn wait_line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "lazyfs printed no {prefix:?} line ({e}); exit: {:?}; log:\n{}",
+                    self.child.try_wait(),
+                    self.log()
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for PowerCutFs {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).output();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A killed lazyfs leaves a dead mount: detach it so that the directory can go.
+        let _ = Command::new("umount").arg("-l").arg(self.mount()).output();
+    }
 }
