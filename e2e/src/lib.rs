@@ -592,6 +592,8 @@ impl PowerCutFs {
             .arg(&backing)
             .arg("--mount")
             .arg(&mount)
+            .arg("--control")
+            .arg(dir.path().join("control"))
             .args(["--metadata", metadata])
             .stdout(std::process::Stdio::piped())
             .stderr(log)
@@ -635,9 +637,23 @@ impl PowerCutFs {
 
     /// Cuts the power: every write not fsynced is dropped, every namespace change not durable
     /// undone, and handles opened before fail with EIO. Returns `lazyfs`'s report, e.g.
-    /// `cut 1 files=2 bytes=8192 undone=1 handles=0`.
+    /// `cut 1 files=2 bytes=8192 undone=1 handles=0 kept=0`.
     pub fn cut(&mut self) -> String {
         ok(Command::new("kill").args(["-USR1", &self.child.id().to_string()]));
+        self.cuts += 1;
+        self.wait_line(&format!("cut {} ", self.cuts))
+    }
+
+    /// A torn power cut: first, about half of the unsynced 4 KiB pages of each file, chosen by
+    /// `seed`, reach the backing file (as the kernel's write-back could have done), then
+    /// [`PowerCutFs::cut`]. Returns `lazyfs`'s report (`kept=` counts the pages written back).
+    pub fn cut_torn(&mut self, seed: u64) -> String {
+        use std::io::Write;
+        let mut control = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.path().join("control"))
+            .unwrap();
+        writeln!(control, "cut torn {seed}").unwrap();
         self.cuts += 1;
         self.wait_line(&format!("cut {} ", self.cuts))
     }

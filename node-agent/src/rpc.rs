@@ -60,7 +60,8 @@ fn status(err: GatewayError) -> Status {
         GatewayError::NoReplicas { .. }
         | GatewayError::NotEnoughReplicas { .. }
         | GatewayError::Fenced
-        | GatewayError::TimedOut { .. } => tonic::Code::Unavailable,
+        | GatewayError::TimedOut { .. }
+        | GatewayError::IncompleteView { .. } => tonic::Code::Unavailable,
         GatewayError::MetadataBusy { .. } => tonic::Code::Aborted,
         GatewayError::Replica(e) => match e {
             ReplicaError::Epoch { .. } | ReplicaError::Unreachable { .. } => {

@@ -12,7 +12,7 @@
 pub mod heartbeat;
 
 use sheepdog_model::{ClusterMap, Ring};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -89,6 +89,8 @@ pub struct ClusterView {
     started: Instant,
     /// Whether every node of the current map has recovered the current epoch.
     all_recovered: AtomicBool,
+    /// Nodes that left the map since this process started, and when this node saw it.
+    departed: Mutex<HashMap<String, Instant>>,
     /// Vids of deleted volumes, from the coordinator: their objects are garbage everywhere.
     pub retired: VidSet,
     /// Vids that stopped being a working volume (snapshots, rolled back, deleted): nothing may
@@ -120,7 +122,9 @@ impl ClusterView {
             epoch_at_start,
             lease_until_ms: AtomicU64::new(if fenced { 0 } else { u64::MAX }),
             started: Instant::now(),
-            all_recovered: AtomicBool::new(false),
+            // A stand-alone node is the whole cluster: nothing to wait for.
+            all_recovered: AtomicBool::new(!fenced),
+            departed: Mutex::default(),
             retired: VidSet::default(),
             sealed: VidSet::default(),
         };
@@ -169,6 +173,16 @@ impl ClusterView {
                 nodes = ?map.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
                 "adopted cluster map"
             );
+            let mut departed = self.departed.lock().unwrap();
+            for node in &current.map.nodes {
+                if map.node(&node.id).is_none() {
+                    departed.insert(node.id.clone(), Instant::now());
+                }
+            }
+            for node in &map.nodes {
+                departed.remove(&node.id);
+            }
+            drop(departed);
             *current = Arc::new(Epoch::new(map.clone()));
             self.all_recovered.store(false, Ordering::Release);
         }
@@ -209,6 +223,15 @@ impl ClusterView {
         if epoch == self.epoch() {
             self.all_recovered.store(all, Ordering::Release);
         }
+    }
+
+    /// A node that left the map within `grace` and has not come back, if any.
+    pub fn departed_within(&self, grace: std::time::Duration) -> Option<String> {
+        let departed = self.departed.lock().unwrap();
+        departed
+            .iter()
+            .find(|(_, at)| at.elapsed() < grace)
+            .map(|(id, _)| id.clone())
     }
 
     pub fn all_recovered(&self) -> bool {

@@ -6,14 +6,22 @@ use sheepdog_api::v1::cluster_service_client::ClusterServiceClient;
 use sheepdog_api::v1::volume_service_client::VolumeServiceClient;
 use tonic::transport::Channel;
 
+/// How long `dog` waits to connect to a sheep.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn channel(target: &Target) -> anyhow::Result<Channel> {
     let url = format!("http://{}:{}", target.address, target.port);
-    Channel::from_shared(url.clone())?.connect().await.with_context(|| {
+    let endpoint = Channel::from_shared(url.clone())?.connect_timeout(CONNECT_TIMEOUT);
+    let hint = || {
         format!(
             "cannot reach sheep at {}:{}: is it running? start a local cluster with `dog cluster up --nodes 1 --dir DIR`, or pick another node with -a ADDR -p PORT",
             target.address, target.port
         )
-    })
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(connected) => connected.with_context(hint),
+        Err(_) => Err(anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}")).with_context(hint),
+    }
 }
 
 pub async fn volumes(target: &Target) -> anyhow::Result<VolumeServiceClient<Channel>> {

@@ -54,6 +54,10 @@ fn node_target(node: &v1::Node) -> Option<Target> {
     })
 }
 
+/// How long `dog` waits for one node's own description before showing it as unreachable: a
+/// stopped or cut-off node must not hang the whole listing.
+const NODE_ANSWER: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn recovery_rows(nodes: &[v1::Node]) -> Vec<RecoveryRow> {
     let mut rows = Vec::new();
     for node in nodes {
@@ -67,28 +71,34 @@ async fn recovery_rows(nodes: &[v1::Node]) -> Vec<RecoveryRow> {
                     .into_inner(),
             )
         };
-        rows.push(match status.await {
-            Some(s) => RecoveryRow {
-                id: node.id.clone(),
-                reachable: true,
-                epoch: s.epoch,
-                listed: s.listed,
-                done: s.objects_done,
-                total: s.objects_total,
-                missing: s.objects_missing,
-                recovered_epoch: s.recovered_epoch,
+        rows.push(
+            match tokio::time::timeout(NODE_ANSWER, status)
+                .await
+                .ok()
+                .flatten()
+            {
+                Some(s) => RecoveryRow {
+                    id: node.id.clone(),
+                    reachable: true,
+                    epoch: s.epoch,
+                    listed: s.listed,
+                    done: s.objects_done,
+                    total: s.objects_total,
+                    missing: s.objects_missing,
+                    recovered_epoch: s.recovered_epoch,
+                },
+                None => RecoveryRow {
+                    id: node.id.clone(),
+                    reachable: false,
+                    epoch: 0,
+                    listed: false,
+                    done: 0,
+                    total: 0,
+                    missing: 0,
+                    recovered_epoch: 0,
+                },
             },
-            None => RecoveryRow {
-                id: node.id.clone(),
-                reachable: false,
-                epoch: 0,
-                listed: false,
-                done: 0,
-                total: 0,
-                missing: 0,
-                recovered_epoch: 0,
-            },
-        });
+        );
     }
     rows
 }
@@ -110,7 +120,10 @@ pub struct NodeRow {
 pub async fn rows(nodes: &[v1::Node]) -> Vec<NodeRow> {
     let mut rows = Vec::new();
     for node in nodes {
-        let own = self_described(node).await;
+        let own = tokio::time::timeout(NODE_ANSWER, self_described(node))
+            .await
+            .ok()
+            .flatten();
         rows.push(NodeRow {
             id: node.id.clone(),
             peer_addr: node.peer_addr.clone(),

@@ -58,6 +58,8 @@ pub enum GatewayError {
     TimedOut { what: String, reason: String },
     #[error("another volume operation is running in the cluster ({reason}); try again")]
     MetadataBusy { reason: String },
+    #[error("cannot see every volume of the cluster ({reason}); try again when every node is back")]
+    IncompleteView { reason: String },
     #[error(transparent)]
     Replica(#[from] ReplicaError),
     #[error("every volume id is in use; delete volumes to free some")]

@@ -25,6 +25,9 @@ use sheepdog_model::inode;
 use sheepdog_model::{Directory, Inode, ObjectId};
 use std::time::{Duration, Instant};
 
+/// How long after a node left the map garbage collection waits: the node may come back with
+/// the only copy of an inode that reads objects that look unread without it.
+const GC_GRACE: Duration = Duration::from_secs(600);
 /// How long a freeze lasts if the gateway that took it dies before thawing.
 const FREEZE_TTL: Duration = Duration::from_secs(30);
 /// How long a metadata operation tries to freeze a volume on every node.
@@ -59,7 +62,7 @@ impl Gateway {
 
     /// The directory, with the work of any interrupted operation finished first.
     pub(super) async fn prepared_directory(&self) -> Result<Directory> {
-        let dir = self.load_directory().await?;
+        let dir = self.complete_directory().await?;
         let repairs = dir.repairs();
         if repairs.is_empty() {
             return Ok(dir);
@@ -80,7 +83,7 @@ impl Gateway {
             self.store_inode_header(&inode).await?;
         }
         self.collect_garbage().await?;
-        self.load_directory().await
+        self.complete_directory().await
     }
 
     async fn snapshot_locked(&self, name: &str, tag: &str) -> Result<Inode> {
@@ -257,8 +260,31 @@ impl Gateway {
     }
 
     /// Frees the objects of deleted inodes that nothing reads, then the inodes themselves.
+    ///
+    /// Only on a complete view of a settled cluster: every node of the map answered, every
+    /// inode was read, every node recovered the current epoch, and no node left the map
+    /// within [`GC_GRACE`] (it may hold the only copy of an inode that still reads these
+    /// objects). Otherwise nothing is freed now; a later operation frees it.
     async fn collect_garbage(&self) -> Result<()> {
-        let dir = self.load_directory().await?;
+        let view = self.replicas.view();
+        let unsettled = if !view.all_recovered() {
+            Some("not every node has recovered the current epoch".to_owned())
+        } else {
+            view.departed_within(GC_GRACE)
+                .map(|node| format!("node {node} left the cluster recently"))
+        };
+        if let Some(why) = unsettled {
+            tracing::info!(reason = %why, "not freeing unread objects now; a later volume operation will");
+            return Ok(());
+        }
+        let dir = match self.complete_directory().await {
+            Ok(dir) => dir,
+            Err(e @ GatewayError::IncompleteView { .. }) => {
+                tracing::info!(error = %e, "not freeing unread objects now; a later volume operation will");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let garbage = dir.garbage();
         if !garbage.inodes.is_empty() {
             // First, durably: a node away now drops these vids' copies when it returns.

@@ -13,7 +13,19 @@ use sheepdog_model::oid::MAX_VID;
 use sheepdog_model::{DEFAULT_OBJECT_SIZE, Directory, Inode, ObjectId};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a complete view of the volumes waits for a node that does not answer.
+const COMPLETE_VIEW_WAIT: Duration = Duration::from_secs(20);
+
+/// How sure a view of the volume directory must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sight {
+    /// Whatever the reachable nodes hold: for finding a volume.
+    BestEffort,
+    /// Every node of the map and every inode: for choosing vids and freeing objects.
+    Complete,
+}
 
 impl Gateway {
     /// Creates an empty volume. `copies` and `object_size` of 0 mean the defaults.
@@ -235,13 +247,31 @@ impl Gateway {
         }
     }
 
-    /// Reads every inode of the cluster and brings the cache of working volumes in step.
+    /// Reads every inode the reachable nodes hold and brings the cache of working volumes in
+    /// step. Good enough to find a volume; decisions that free or allocate use
+    /// [`Gateway::complete_directory`].
     pub(super) async fn load_directory(&self) -> Result<Directory> {
+        self.directory(Sight::BestEffort).await
+    }
+
+    /// Like [`Gateway::load_directory`], but every node of the map answered and every inode was
+    /// read, or this fails: a volume missing from the view would have its vid reused or the
+    /// objects it reads freed.
+    pub(super) async fn complete_directory(&self) -> Result<Directory> {
+        self.directory(Sight::Complete).await
+    }
+
+    async fn directory(&self, sight: Sight) -> Result<Directory> {
         let mut inodes = Vec::new();
-        for (oid, copies) in self.inode_objects().await {
+        for (oid, copies) in self.inode_objects(sight).await? {
             match self.read_inode(oid, copies).await {
                 Ok(inode) => inodes.push(inode),
                 Err(GatewayError::InvalidVolume(inode::InodeError::BadMagic)) => {}
+                Err(e) if sight == Sight::Complete => {
+                    return Err(GatewayError::IncompleteView {
+                        reason: format!("the inode {oid} cannot be read: {e}"),
+                    });
+                }
                 Err(e) => tracing::warn!(object = %oid, error = %e, "cannot read a volume's inode"),
             }
         }
@@ -268,37 +298,55 @@ impl Gateway {
         Ok(dir)
     }
 
-    /// Inode objects held by any reachable node, with their copies.
-    async fn inode_objects(&self) -> HashMap<ObjectId, u8> {
+    /// Inode objects held by the nodes of the map, with their copies. With `Sight::Complete`
+    /// a node that does not answer is asked again until it does or leaves the map.
+    async fn inode_objects(&self, sight: Sight) -> Result<HashMap<ObjectId, u8>> {
+        let view = self.replicas.view();
         let mut found: HashMap<ObjectId, u8> = self
             .replicas
             .store()
             .list()
             .into_iter()
-            .filter(|(o, m)| {
-                o.is_inode() && !m.tombstone && !self.replicas.view().retired.contains(o.vid())
-            })
+            .filter(|(o, m)| o.is_inode() && !m.tombstone && !view.retired.contains(o.vid()))
             .map(|(o, m)| (o, m.copies))
             .collect();
-        let view = self.replicas.view().current();
-        for node in view
+        let deadline = Instant::now() + COMPLETE_VIEW_WAIT;
+        let current = view.current();
+        for node in current
             .map
             .nodes
             .iter()
             .filter(|n| n.id != self.replicas.self_id())
         {
-            match self.replicas.peers().list(node, view.epoch(), true).await {
-                Ok(list) => found.extend(
-                    list.into_iter()
-                        .filter(|(o, m)| o.is_inode() && !m.tombstone)
-                        .map(|(o, m)| (o, m.copies)),
-                ),
-                Err(e) => {
-                    tracing::debug!(node.id = %node.id, error = %e, "cannot list a node's volumes")
+            loop {
+                let epoch = view.epoch();
+                match self.replicas.peers().list(node, epoch, true).await {
+                    Ok(list) => {
+                        found.extend(
+                            list.into_iter()
+                                .filter(|(o, m)| o.is_inode() && !m.tombstone)
+                                .map(|(o, m)| (o, m.copies)),
+                        );
+                        break;
+                    }
+                    Err(e) if sight == Sight::BestEffort => {
+                        tracing::debug!(node.id = %node.id, error = %e, "cannot list a node's volumes");
+                        break;
+                    }
+                    Err(_) if view.current().map.node(&node.id).is_none() => break,
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(GatewayError::IncompleteView {
+                            reason: format!("node {} does not answer: {e}", node.id),
+                        });
+                    }
+                    Err(e) => {
+                        crate::recovery::catch_up(view, self.replicas.peers(), node, &e).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
         }
-        found
+        Ok(found)
     }
 
     pub(super) fn forget(&self, vid: u32) {

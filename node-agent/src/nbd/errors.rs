@@ -23,6 +23,7 @@ pub fn errno(err: &GatewayError, kind: u16) -> u32 {
         | GatewayError::Fenced
         | GatewayError::TimedOut { .. }
         | GatewayError::MetadataBusy { .. }
+        | GatewayError::IncompleteView { .. }
         | GatewayError::Task(_) => EIO,
         GatewayError::Store(e) => store_errno(e),
         GatewayError::Replica(e) => replica_errno(e, writes),

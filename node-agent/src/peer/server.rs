@@ -264,7 +264,7 @@ impl PeerService for PeerApi {
         let oid = oid(req.oid)?;
         let spec = spec(req.capacity, req.copies)?;
         if req.if_absent {
-            let data = Bytes::from(req.data);
+            let data = req.data;
             let stored = self
                 .local
                 .put_if_absent(&epoch, oid, spec, data)
