@@ -302,13 +302,12 @@ fn a_node_keeps_flushed_writes_under_strict_posix_when_its_directories_exist() {
     check_volume(&after);
 }
 
-/// Strict POSIX on a fresh data directory. The store creates `DIR/obj` and `DIR/maps` with
-/// `create_dir_all` and never fsyncs `DIR`: their names are not durable, and a power cut
-/// can take every object with them although they were flushed (flush fsyncs the objects and
-/// `obj/` itself, not `DIR`). ext4 and XFS happen to commit the mkdir with the first fsync of
-/// `obj/`, which is why the test above passes; POSIX does not promise it.
+/// Strict POSIX on a fresh data directory. The store used to create `DIR/obj` and `DIR/maps`
+/// with `create_dir_all` and never fsync `DIR`: their names were not durable, and a power cut
+/// took every object with them although they were flushed. It now syncs the parent of every
+/// directory it creates. ext4 and XFS happen to commit the mkdir with the first fsync of
+/// `obj/`; POSIX does not promise it.
 #[test]
-#[ignore = "store bug: DIR is never fsynced after creating DIR/obj and DIR/maps"]
 fn a_fresh_node_keeps_flushed_writes_under_strict_posix() {
     let after = node_through_a_power_cut("strict", &[]);
     assert!(
@@ -358,13 +357,11 @@ fn torn_block_trial(seed: u64) -> Result<String, String> {
 
 /// Flushed bytes must survive any power cut, also one that tore the later, unflushed write of
 /// the rest of their 4 KiB block. The store writes a block's data and its checksum with two
-/// pwrites and logs the object in `dirty.log` without an fsync; when the cut keeps one of the
-/// two pages and loses the dirty log's, the block fails its checksum for good and the flushed
-/// half becomes an I/O error (with one copy; with more, only if every copy tore). Seed 1
-/// does it: one of the two pages of the object reaches the disk, the other and `dirty.log`'s
-/// do not, so start-up repairs nothing and block 1 "failed its checksum".
+/// pwrites. It used to log the object in `dirty.log` without an fsync: when the cut kept one
+/// of the object's two pages and lost the dirty log's, start-up repaired nothing, block 1
+/// "failed its checksum" for good and the flushed half became an I/O error (seed 1 did it).
+/// The log entry is now durable before the object is written.
 #[test]
-#[ignore = "store bug: a torn unflushed write makes the flushed bytes of its block unreadable"]
 fn a_torn_power_cut_keeps_the_flushed_half_of_a_block() {
     for seed in 0..16 {
         match torn_block_trial(seed) {

@@ -107,7 +107,8 @@ pub struct Coordinator {
 /// Runs the coordinator until SIGTERM or SIGINT.
 pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let maps = config.dir.join("maps");
-    std::fs::create_dir_all(&maps).with_context(|| format!("cannot create {}", maps.display()))?;
+    crate::store::create_dir_durably(&maps)
+        .with_context(|| format!("cannot create {}", maps.display()))?;
     let history = load_history(&maps).context("cannot read the persisted maps")?;
     let map = history
         .values()

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, UnixListener};
 /// Runs the node until SIGTERM or SIGINT, then makes every write durable and returns.
 pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
     let dir = config.data_dir()?;
-    std::fs::create_dir_all(&dir)
+    crate::store::create_dir_durably(&dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     let store = Arc::new(ObjectStore::open(&dir)?);
     let me = NodeInfo {

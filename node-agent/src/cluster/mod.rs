@@ -108,7 +108,7 @@ impl ClusterView {
         fenced: bool,
     ) -> std::io::Result<Self> {
         let dir = dir.join("maps");
-        std::fs::create_dir_all(&dir)?;
+        crate::store::create_dir_durably(&dir)?;
         let history = load_history(&dir)?;
         let epoch_at_start = history.keys().next_back().copied().unwrap_or(0);
         let map = history.values().next_back().cloned().unwrap_or(initial);

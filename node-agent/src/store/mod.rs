@@ -146,7 +146,7 @@ impl ObjectStore {
             path: dir.clone(),
             source,
         };
-        fs::create_dir_all(&dir).map_err(open_dir)?;
+        create_dir_durably(&dir).map_err(open_dir)?;
         remove_temp_files(&dir).map_err(open_dir)?;
         let (log, leftover) = DirtyLog::open(&data_dir.join("dirty.log")).map_err(open_dir)?;
         let store = Self {
@@ -768,6 +768,24 @@ fn io_error(oid: ObjectId, source: io::Error) -> StoreError {
     } else {
         StoreError::WriteObject { oid, source }
     }
+}
+
+/// Creates `dir` and any missing parent so that their names survive a power cut: each new
+/// directory's parent is synced after it is made.
+pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_dir_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
 }
 
 fn remove_temp_files(dir: &Path) -> io::Result<()> {
