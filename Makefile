@@ -1,5 +1,5 @@
 # One task runner for people and CI. `make setup lint test` is what CI runs.
-.PHONY: setup build up down lint test bench ring-figures fuzz
+.PHONY: setup build up down lint test torture bench ring-figures fuzz
 
 # Where `make up` keeps the local cluster.
 DIR ?= /tmp/sheepdog
@@ -27,6 +27,13 @@ lint:
 # The e2e tests start the binaries built by `build`.
 test: build
 	cargo nextest run --workspace --no-fail-fast
+
+# At least 100 seeded fault schedules under many clients on many gateways (CI runs 6);
+# SEED=N replays one. See e2e/tests/torture.rs.
+SCHEDULES ?= 100
+torture: build
+	SHEEPDOG_TORTURE_SCHEDULES=$(SCHEDULES) $(if $(SEED),SHEEPDOG_TORTURE_SEED=$(SEED)) \
+		cargo nextest run --profile torture -p sheepdog-e2e --test torture --no-capture
 
 # Side-by-side benchmarks against qemu-nbd on the same disk, and recovery speed;
 # see docs/benchmarks.md.

@@ -5,7 +5,7 @@
 //! Everything the lab creates (namespaces, links, processes) it removes or stops when dropped,
 //! by name or pid; nothing else is touched.
 
-use crate::{bin_dir, ok, require, run, wait_gone};
+use crate::{PowerCutFs, bin_dir, ok, require, run, wait_gone};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
@@ -25,6 +25,8 @@ pub struct LabNode {
     pub dir: PathBuf,
     child: Option<Child>,
     pub partitioned: bool,
+    /// The lazyfs under `dir`, when the lab cuts power.
+    power: Option<PowerCutFs>,
 }
 
 pub struct Lab {
@@ -38,11 +40,24 @@ pub struct Lab {
     failure_timeout: String,
     /// Extra `sheep` flags for every node.
     pub sheep_args: Vec<String>,
+    /// Whether every node's data directory is on a lazyfs of its own (see [`Lab::power_cut`]).
+    on_lazyfs: bool,
 }
 
 impl Lab {
     /// A bridge, the coordinator, and `nodes` started nodes.
     pub fn start(nodes: u16, failure_timeout: &str, sheep_args: &[&str]) -> Self {
+        Self::start_on(nodes, failure_timeout, sheep_args, false)
+    }
+
+    /// Like [`Lab::start`]; with `on_lazyfs`, every node keeps its data on a lazyfs of its
+    /// own (strict POSIX model), so that [`Lab::power_cut`] loses what it did not fsync.
+    pub fn start_on(
+        nodes: u16,
+        failure_timeout: &str,
+        sheep_args: &[&str],
+        on_lazyfs: bool,
+    ) -> Self {
         require("ip", "iproute2");
         let tag = std::process::id() % 100_000;
         let subnet = format!("10.211.{}", tag % 250);
@@ -57,6 +72,7 @@ impl Lab {
             nodes: Vec::new(),
             failure_timeout: failure_timeout.to_owned(),
             sheep_args: sheep_args.iter().map(|s| s.to_string()).collect(),
+            on_lazyfs,
         };
         let host = format!("{}.1/24", lab.subnet);
         ok(Command::new("ip").args(["addr", "add", &host, "dev", &lab.bridge]));
@@ -104,8 +120,11 @@ impl Lab {
         exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &inner]);
         exec(&["ip", "link", "set", &inner, "up"]);
         exec(&["ip", "link", "set", "lo", "up"]);
-        let dir = self.dir.path().join(format!("node{id}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let power = self.on_lazyfs.then(PowerCutFs::start);
+        let dir = match &power {
+            Some(fs) => fs.mount().join("data"),
+            None => self.dir.path().join(format!("node{id}")),
+        };
         self.nodes.push(LabNode {
             id,
             netns,
@@ -114,6 +133,7 @@ impl Lab {
             dir,
             child: None,
             partitioned: false,
+            power,
         });
         self.start_node(id);
         id
@@ -132,9 +152,27 @@ impl Lab {
             .args(["--nbd", &format!("{}:{NBD_PORT}", node.ip)])
             .args(["--coordinator", &coordinator])
             .args(&self.sheep_args);
-        let log = node.dir.join(format!("sheep.{}.log", timestamp()));
+        let log = self.logs_dir(id).join(format!("sheep.{}.log", timestamp()));
         let child = spawn(&mut cmd, &log);
         self.nodes[id as usize].child = Some(child);
+    }
+
+    /// Where node `id`'s logs go: never on its lazyfs, so a power cut keeps them.
+    fn logs_dir(&self, id: u16) -> PathBuf {
+        let dir = self.dir.path().join(format!("logs{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Cuts node `id`'s power: it is killed, and every write it had not fsynced is lost.
+    /// Returns lazyfs's report. Start it again with [`Lab::start_node`].
+    pub fn power_cut(&mut self, id: u16) -> String {
+        self.kill9(id);
+        let fs = self.nodes[id as usize]
+            .power
+            .as_mut()
+            .expect("the lab runs on lazyfs (Lab::start_on)");
+        fs.cut()
     }
 
     /// kill -9 node `id`, as a crash would.
@@ -206,7 +244,7 @@ impl Lab {
         let mut out = String::new();
         for node in &self.nodes {
             out += &format!("--- node {} ({}) ---\n", node.id, node.dir.display());
-            out += &tail_logs(&node.dir);
+            out += &tail_logs(&self.dir.path().join(format!("logs{}", node.id)));
         }
         out
     }

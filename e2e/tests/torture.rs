@@ -6,12 +6,15 @@
 //! FUA and FLUSH at queue depth > 1, and reading each other's blocks back through their own
 //! gateway (a stale read is an error). Meanwhile a schedule drawn from the seed kills,
 //! restarts, partitions and heals nodes, adds one and takes it away again, and takes
-//! snapshots, grows the volume and runs `dog cluster check --repair`. Afterwards every block
-//! must read back its last acknowledged version through every node, and every replica must
-//! agree (`dog cluster check`).
+//! snapshots, grows the volume and runs `dog cluster check --repair`. Half the schedules keep
+//! every node's data on lazyfs (`e2e/lazyfs`) and also cut the power of one node or of the
+//! whole cluster: what a node had not fsynced is lost. Afterwards every block must read back
+//! its last acknowledged version (after a whole-cluster power cut: its last flushed one, or a
+//! newer one) through every node, and every replica must agree (`dog cluster check`).
 //!
-//! `SHEEPDOG_TORTURE_SCHEDULES` sets how many schedules run (CI runs a few, `make torture`
-//! 100); `SHEEPDOG_TORTURE_SEED` replays one. A failure prints its seed.
+//! `SHEEPDOG_TORTURE_SCHEDULES` sets how many schedules run (CI runs 6, `make torture` 100);
+//! `SHEEPDOG_TORTURE_SEED` replays one. A failure prints its seed and keeps the lab's
+//! directory (logs, data).
 
 use sheepdog_e2e::lab::Lab;
 use sheepdog_e2e::{ok, require, run, wait_for};
@@ -42,9 +45,13 @@ impl Rng {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Kill(u16),
+    /// Node n loses power: killed, and what it had not fsynced is lost (lazyfs).
+    PowerCut(u16),
+    /// Every node loses power at once, and comes back.
+    PowerCutAll,
     Restart(u16),
     Partition(u16),
     Heal(u16),
@@ -55,23 +62,26 @@ enum Step {
     Repair,
 }
 
-/// The steps of schedule `seed`, each followed by a pause in milliseconds. At most one node
-/// is down or cut off at a time, so a 3-copy object always keeps minCopies replicas.
-fn schedule(seed: u64) -> Vec<(Step, u64)> {
+/// Schedule `seed`: whether the nodes keep their data on lazyfs (power cuts possible), and
+/// the steps, each followed by a pause in milliseconds. At most one node is down or cut off at
+/// a time, so a 3-copy object always keeps minCopies replicas; a whole-cluster power cut
+/// restarts every node at once.
+fn schedule(seed: u64) -> (bool, Vec<(Step, u64)>) {
     let mut rng = Rng(seed);
+    let lazyfs = rng.below(2) == 0;
     let mut steps = Vec::new();
     let mut faulty: Option<(u16, bool)> = None;
     let mut joined = false;
     for _ in 0..6 {
-        let step = match (rng.below(6), faulty) {
+        let step = match (rng.below(7), faulty) {
             (0 | 1, None) => {
                 let node = rng.below(u64::from(NODES)) as u16;
                 let kill = rng.below(2) == 0;
                 faulty = Some((node, kill));
-                if kill {
-                    Step::Kill(node)
-                } else {
-                    Step::Partition(node)
+                match (kill, lazyfs && rng.below(2) == 0) {
+                    (true, true) => Step::PowerCut(node),
+                    (true, false) => Step::Kill(node),
+                    (false, _) => Step::Partition(node),
                 }
             }
             (0 | 1, Some((node, kill))) => {
@@ -92,6 +102,7 @@ fn schedule(seed: u64) -> Vec<(Step, u64)> {
             }
             (3, _) => Step::Snapshot,
             (4, _) => Step::Grow,
+            (5, None) if lazyfs && !joined => Step::PowerCutAll,
             _ => Step::Repair,
         };
         steps.push((step, 1_000 + rng.below(3_000)));
@@ -104,7 +115,7 @@ fn schedule(seed: u64) -> Vec<(Step, u64)> {
     if joined {
         steps.push((Step::Leave, 500));
     }
-    steps
+    (lazyfs, steps)
 }
 
 /// Live state of one schedule's lab.
@@ -128,6 +139,19 @@ impl Run {
     fn apply(&mut self, step: Step) {
         match step {
             Step::Kill(n) => self.lab.kill9(n),
+            Step::PowerCut(n) => {
+                let report = self.lab.power_cut(n);
+                eprintln!("  power cut: {report}");
+            }
+            Step::PowerCutAll => {
+                for n in 0..NODES {
+                    let report = self.lab.power_cut(n);
+                    eprintln!("  power cut of node {n}: {report}");
+                }
+                for n in 0..NODES {
+                    self.lab.start_node(n);
+                }
+            }
             Step::Restart(n) => self.lab.start_node(n),
             Step::Partition(n) => self.lab.set_link(n, false),
             Step::Heal(n) => self.lab.set_link(n, true),
@@ -187,9 +211,9 @@ fn checker() -> Command {
 
 /// Runs schedule `seed` and returns what went wrong, if anything.
 fn torture(seed: u64) -> Result<String, String> {
-    let steps = schedule(seed);
-    eprintln!("schedule {seed}: {steps:?}");
-    let lab = Lab::start(NODES, "3s", &["--io-timeout", "20s"]);
+    let (lazyfs, steps) = schedule(seed);
+    eprintln!("schedule {seed} (data on lazyfs: {lazyfs}): {steps:?}");
+    let lab = Lab::start_on(NODES, "3s", &["--io-timeout", "20s"], lazyfs);
     let mut run_ = Run {
         lab,
         joined: None,
@@ -248,7 +272,15 @@ fn torture(seed: u64) -> Result<String, String> {
         .iter()
         .map(|&n| run_.lab.nbd_uri(n, VOLUME))
         .collect();
-    let out = ok(checker().args(["verify", &uris.join(","), state.to_str().unwrap()]));
+    // After the whole cluster lost power only flushed writes must be there; otherwise every
+    // acknowledged write must (one node losing power loses nothing the others hold).
+    let whole_cut = steps.iter().any(|(s, _)| *s == Step::PowerCutAll);
+    let mode = if whole_cut {
+        "verify-durable"
+    } else {
+        "verify"
+    };
+    let out = ok(checker().args([mode, &uris.join(","), state.to_str().unwrap()]));
     let verified: serde_json::Value =
         serde_json::from_str(out.trim()).map_err(|e| e.to_string())?;
     eprintln!("  verified: {verified}");
@@ -330,7 +362,7 @@ fn seeded_fault_schedules_lose_nothing_and_leave_replicas_agreeing() {
             let count: u64 = std::env::var("SHEEPDOG_TORTURE_SCHEDULES")
                 .ok()
                 .and_then(|n| n.parse().ok())
-                .unwrap_or(4);
+                .unwrap_or(6);
             let base = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
