@@ -41,6 +41,9 @@ pub struct CoordinatorConfig {
     pub failure_timeout: Duration,
 }
 
+/// How long a coordinator without maps listens to heartbeats before it publishes one.
+const QUIET_MS: u64 = 1_500;
+
 struct State {
     membership: Membership,
     map: ClusterMap,
@@ -75,11 +78,17 @@ impl State {
         }
         let mut base = self.map.clone();
         base.epoch = base.epoch.max(self.reported_epoch);
-        let Some(next) = self
+        let next = match self
             .membership
             .next_map(&base, &self.heartbeats, self.now_ms())
-        else {
-            return;
+        {
+            Some(next) => next,
+            // A node has an epoch this coordinator never published (it lost its maps): the
+            // same members get a map past it, so no epoch names two maps.
+            None if self.reported_epoch > self.map.epoch && self.map.epoch > 0 => {
+                ClusterMap::new(self.reported_epoch + 1, self.map.nodes.clone())
+            }
+            None => return,
         };
         if let Err(e) = save_map(&self.dir, &next) {
             tracing::error!(epoch = next.epoch, error = %e, "cannot persist the new map; keeping the old one");
@@ -136,13 +145,14 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), epoch = map.epoch, listen = %config.listen, "coordinator starting");
     let retired = VidFile::open(config.dir.join("retired-vids.json"))?;
     let sealed = VidFile::open(config.dir.join("sealed-vids.json"))?;
-    // Without any map of its own, it first listens for one failure timeout: nodes report
-    // the epochs they have, and the next map goes past all of them.
+    // Without any map of its own, it first listens a few heartbeats long: the nodes report
+    // the epochs they have, and the next map goes past all of them. A node heard later with
+    // a newer epoch gets a map past its own at its first heartbeat (see `State::step`).
     let quiet_until_ms = if history.is_empty() {
         tracing::warn!(
-            "no cluster maps in the coordinator's directory: listening to the nodes for one failure timeout before publishing any"
+            "no cluster maps in the coordinator's directory: listening to the nodes before publishing any"
         );
-        membership.failure_timeout_ms
+        QUIET_MS.min(membership.failure_timeout_ms)
     } else {
         0
     };

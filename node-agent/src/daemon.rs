@@ -95,6 +95,7 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
     })?;
     let nbd_unix = bind_unix(&config.nbd_socket(&dir))?;
     tokio::spawn(recovery.clone().run());
+    tokio::spawn(gateway.clone().retry_deferred_gc());
     if let Some(coordinator) = &config.coordinator {
         let heartbeat = HeartbeatConfig {
             coordinator: coordinator.clone(),

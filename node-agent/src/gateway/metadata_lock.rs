@@ -1,11 +1,15 @@
 //! The lock that serializes volume metadata operations (create, delete, resize) across the
 //! whole cluster: a named lock on the coordinator, held with a time limit so a gateway that
-//! dies holding it blocks nobody for long. A node without a coordinator is its own cluster and
-//! needs only its local lock.
+//! dies holding it blocks nobody for long, and renewed every third of it while the operation
+//! runs, so a long one (a delete freeing many objects) keeps it. An operation checks it still
+//! holds the lock before each commit point ([`MetadataLock::check`]) and stops if it lost it.
+//! A node without a coordinator is its own cluster and needs only its local lock.
 
 use super::{GatewayError, Result};
 use sheepdog_api::v1::coordinator_service_client::CoordinatorServiceClient;
 use sheepdog_api::v1::{LockRequest, RetireVidsRequest, SealVidsRequest, UnlockRequest};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
@@ -19,11 +23,14 @@ pub struct MetadataLock {
     local: tokio::sync::Mutex<()>,
     coordinator: Option<CoordinatorServiceClient<Channel>>,
     holder: String,
+    /// Set by the renewal of the lock held now when it could not keep it.
+    lost: Arc<AtomicBool>,
 }
 
 /// Held while a metadata operation runs; release it with [`MetadataLock::release`].
 pub struct Held<'a> {
     _local: tokio::sync::MutexGuard<'a, ()>,
+    renewal: Option<tokio::task::JoinHandle<()>>,
     /// Vids retired in the cluster when the lock was granted.
     pub retired: Vec<u32>,
     /// Vids sealed in the cluster when the lock was granted.
@@ -45,7 +52,19 @@ impl MetadataLock {
             local: tokio::sync::Mutex::new(()),
             coordinator,
             holder: holder.to_owned(),
+            lost: Arc::default(),
         }
+    }
+
+    /// Fails if the lock this operation holds was lost (its renewal failed for longer than
+    /// the time limit, or another gateway took it): the operation must not commit.
+    pub fn check(&self) -> Result<()> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(GatewayError::MetadataBusy {
+                reason: "this gateway lost the metadata lock while the operation ran".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Takes the lock on this node, then cluster-wide.
@@ -54,6 +73,7 @@ impl MetadataLock {
         let Some(client) = &self.coordinator else {
             return Ok(Held {
                 _local: local,
+                renewal: None,
                 retired: Vec::new(),
                 sealed: Vec::new(),
             });
@@ -61,16 +81,18 @@ impl MetadataLock {
         let deadline = Instant::now() + WAIT;
         let mut last = String::from("the coordinator did not answer");
         while Instant::now() < deadline {
-            let req = LockRequest {
-                name: NAME.into(),
-                holder: self.holder.clone(),
-                ttl_ms: TTL.as_millis() as u64,
-            };
-            match client.clone().lock(req).await {
+            match client.clone().lock(req_for(&self.holder)).await {
                 Ok(resp) if resp.get_ref().granted => {
                     let resp = resp.into_inner();
+                    self.lost.store(false, Ordering::Release);
+                    let renewal = tokio::spawn(renew(
+                        client.clone(),
+                        req_for(&self.holder),
+                        self.lost.clone(),
+                    ));
                     return Ok(Held {
                         _local: local,
+                        renewal: Some(renewal),
                         retired: resp.retired_vids,
                         sealed: resp.sealed_vids,
                     });
@@ -111,6 +133,9 @@ impl MetadataLock {
 
     /// Releases the cluster-wide lock (the local one goes with `held`).
     pub async fn release(&self, held: Held<'_>) {
+        if let Some(renewal) = &held.renewal {
+            renewal.abort();
+        }
         if let Some(client) = &self.coordinator {
             let req = UnlockRequest {
                 name: NAME.into(),
@@ -121,6 +146,43 @@ impl MetadataLock {
             }
         }
         drop(held);
+    }
+}
+
+fn req_for(holder: &str) -> LockRequest {
+    LockRequest {
+        name: NAME.into(),
+        holder: holder.to_owned(),
+        ttl_ms: TTL.as_millis() as u64,
+    }
+}
+
+/// Renews the lock every third of its time limit until aborted; sets `lost` when another
+/// holder has it or no renewal succeeded for a whole time limit.
+async fn renew(
+    mut client: CoordinatorServiceClient<Channel>,
+    req: LockRequest,
+    lost: Arc<AtomicBool>,
+) {
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(TTL / 3).await;
+        match client.lock(req.clone()).await {
+            Ok(resp) if resp.get_ref().granted => renewed = Instant::now(),
+            Ok(resp) => {
+                tracing::error!(holder = %resp.into_inner().holder, "the metadata lock was taken by another gateway");
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Err(status) if renewed.elapsed() >= TTL => {
+                tracing::error!(error = %status.message(), "cannot renew the metadata lock; it has expired");
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "cannot renew the metadata lock yet")
+            }
+        }
     }
 }
 

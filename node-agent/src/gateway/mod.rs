@@ -118,6 +118,8 @@ pub struct Gateway {
     metadata: metadata_lock::MetadataLock,
     freezer: Arc<Freezer>,
     cow_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Set when garbage collection was put off (the view was not complete or settled).
+    gc_deferred: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -139,6 +141,7 @@ impl Gateway {
             metadata,
             freezer,
             cow_locks: (0..COW_STRIPES).map(|_| Default::default()).collect(),
+            gc_deferred: Default::default(),
         }
     }
 

@@ -23,11 +23,15 @@ use crate::store::ObjectSpec;
 use sheepdog_model::directory::Repair;
 use sheepdog_model::inode;
 use sheepdog_model::{Directory, Inode, ObjectId};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// How long after a node left the map garbage collection waits: the node may come back with
 /// the only copy of an inode that reads objects that look unread without it.
 const GC_GRACE: Duration = Duration::from_secs(600);
+/// How often a node tries again a garbage collection it had to put off.
+const GC_RETRY: Duration = Duration::from_secs(2);
 /// How long a freeze lasts if the gateway that took it dies before thawing.
 const FREEZE_TTL: Duration = Duration::from_secs(30);
 /// How long a metadata operation tries to freeze a volume on every node.
@@ -240,6 +244,7 @@ impl Gateway {
     /// Writes a new inode that commits an operation; if the write fails, removes what may
     /// have reached some replicas, so that the operation leaves nothing behind.
     async fn commit(&self, inode: &Inode) -> Result<()> {
+        self.metadata.check()?;
         if let Err(e) = self.store_inode(inode).await {
             let oid = ObjectId::inode(inode.vid);
             if let Err(undo) = self.replicas.remove(oid, inode_spec(inode.copies)).await {
@@ -256,6 +261,7 @@ impl Gateway {
         };
         let mut inode = self.read_inode(ObjectId::inode(vid), inode.copies).await?;
         inode.deleted = true;
+        self.metadata.check()?;
         self.store_inode_header(&inode).await
     }
 
@@ -274,18 +280,22 @@ impl Gateway {
                 .map(|node| format!("node {node} left the cluster recently"))
         };
         if let Some(why) = unsettled {
-            tracing::info!(reason = %why, "not freeing unread objects now; a later volume operation will");
+            tracing::info!(reason = %why, "not freeing unread objects yet; this node tries again");
+            self.gc_deferred.store(true, Ordering::Release);
             return Ok(());
         }
         let dir = match self.complete_directory().await {
             Ok(dir) => dir,
             Err(e @ GatewayError::IncompleteView { .. }) => {
-                tracing::info!(error = %e, "not freeing unread objects now; a later volume operation will");
+                tracing::info!(error = %e, "not freeing unread objects yet; this node tries again");
+                self.gc_deferred.store(true, Ordering::Release);
                 return Ok(());
             }
             Err(e) => return Err(e),
         };
+        self.gc_deferred.store(false, Ordering::Release);
         let garbage = dir.garbage();
+        self.metadata.check()?;
         if !garbage.inodes.is_empty() {
             // First, durably: a node away now drops these vids' copies when it returns.
             self.metadata.retire(&garbage.inodes).await?;
@@ -327,6 +337,20 @@ impl Gateway {
         self.replicas.view().sealed.add(&[vid]);
         if let Err(e) = self.metadata.seal(&[vid]).await {
             tracing::error!(vdi.id = vid, error = %e, "cannot seal a replaced vid on the coordinator; a gateway cut off now could still write to it");
+        }
+    }
+
+    /// Runs garbage collection again, under the metadata lock, while an earlier one was put
+    /// off: objects of deleted volumes are freed once every node is back and recovered.
+    pub async fn retry_deferred_gc(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(GC_RETRY).await;
+            if !self.gc_deferred.load(Ordering::Acquire) {
+                continue;
+            }
+            if let Err(e) = self.with_metadata_lock(self.collect_garbage()).await {
+                tracing::debug!(error = %e, "garbage collection failed; trying again later");
+            }
         }
     }
 

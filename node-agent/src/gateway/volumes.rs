@@ -92,6 +92,7 @@ impl Gateway {
             now_ns(),
         )?;
         inode.generation = dir.next_generation(name);
+        self.metadata.check()?;
         self.store_inode(&inode).await?;
         tracing::info!(
             volume.name = name,
@@ -152,6 +153,7 @@ impl Gateway {
                 self.set_owner(volume, index, old.vid, false).await?;
             }
         }
+        self.metadata.check()?;
         self.store_inode_header(&new).await?;
         *volume.inode.write().unwrap() = new.clone();
         Ok((old, new))
