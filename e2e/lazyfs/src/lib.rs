@@ -16,8 +16,9 @@
 //!   file. Only `fsync` or `fdatasync` of that file applies its overlay to the backing file,
 //!   which is then fsynced. A close (`flush`) makes nothing durable; a closed file keeps its
 //!   unsynced changes (still readable) until a sync or a cut.
-//! - A cut is all or nothing per file: the backing file holds exactly the content of the
-//!   file's last fsync. No torn or partial write-back is simulated.
+//! - A plain cut is all or nothing per file: the backing file holds exactly the content of
+//!   the file's last fsync. A torn cut (`cut torn SEED`) first writes back a seeded half of
+//!   the unsynced 4 KiB pages, as the kernel's write-back could have done.
 //! - Attribute changes (mode, owner, times) are applied to the backing file at once and
 //!   survive a cut.
 //!
