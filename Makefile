@@ -28,11 +28,11 @@ lint:
 test: build
 	cargo nextest run --workspace --no-fail-fast
 
-# At least 100 seeded fault schedules under many clients on many gateways (CI runs 6);
+# At least 100 seeded fault schedules under many clients on many gateways (CI runs 4 fixed seeds);
 # SEED=N replays one. See e2e/tests/torture.rs.
 SCHEDULES ?= 100
 torture: build
-	SHEEPDOG_TORTURE_SCHEDULES=$(SCHEDULES) $(if $(SEED),SHEEPDOG_TORTURE_SEED=$(SEED)) \
+	SHEEPDOG_TORTURE_RANDOM=1 SHEEPDOG_TORTURE_SCHEDULES=$(SCHEDULES) $(if $(SEED),SHEEPDOG_TORTURE_SEED=$(SEED)) \
 		cargo nextest run --profile torture -p sheepdog-e2e --test torture --no-capture
 
 # Side-by-side benchmarks against qemu-nbd on the same disk, and recovery speed;

@@ -217,28 +217,6 @@ impl Lab {
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    /// Whether every node is running, connected, in the map of node 0, and has recovered
-    /// that map's epoch.
-    pub fn settled(&self) -> bool {
-        let Some(info) = self.info(0) else {
-            return false;
-        };
-        let members = info["nodes"].as_array().map_or(0, |n| n.len());
-        let epoch = info["epoch"].as_u64();
-        let out = run(&mut self.dog(0, &["node", "recovery", "--json"]));
-        let Ok(rows) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-            return false;
-        };
-        let rows = rows.as_array().cloned().unwrap_or_default();
-        members == self.nodes.len()
-            && rows.len() == self.nodes.len()
-            && rows.iter().all(|r| {
-                r["reachable"] == true
-                    && r["epoch"].as_u64() == epoch
-                    && r["recoveredEpoch"].as_u64() == epoch
-            })
-    }
-
     /// The logs of every node, for a failure message.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -281,6 +281,28 @@ impl Cluster {
         serde_json::from_str(&ok(&mut self.dog_on(node, &["cluster", "info", "--json"]))).unwrap()
     }
 
+    /// Whether node `via` sees `n` members, every one recovered to the current epoch, and the
+    /// live nodes together hold exactly `copies` copies of `objects` objects.
+    pub fn redundant(&self, via: u16, n: usize, objects: u64, copies: u64) -> bool {
+        let state = || -> Option<bool> {
+            let epoch = self.info(via)["epoch"].as_u64()?;
+            let recovery: serde_json::Value =
+                serde_json::from_str(&ok(&mut self.dog_on(via, &["node", "recovery", "--json"])))
+                    .ok()?;
+            let rows = recovery.as_array()?;
+            let all_recovered = rows.len() == n
+                && rows.iter().all(|r| {
+                    r["reachable"] == true
+                        && r["epoch"].as_u64() == Some(epoch)
+                        && r["recoveredEpoch"].as_u64() == Some(epoch)
+                });
+            let per_node = self.objects_per_node(via)?;
+            let total: u64 = per_node.iter().map(|(_, o)| o).sum();
+            Some(all_recovered && per_node.len() == n && total == objects * copies)
+        };
+        state().unwrap_or(false)
+    }
+
     /// Objects held by each node of the map, as asked through node `via`; `None` while any
     /// node cannot say.
     pub fn objects_per_node(&self, via: u16) -> Option<Vec<(String, u64)>> {

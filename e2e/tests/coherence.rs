@@ -95,29 +95,6 @@ fn poll(
     }
 }
 
-/// Whether node `via` sees `n` members, every one recovered to the current epoch, and the
-/// live nodes together hold exactly `copies` copies of `objects` objects.
-fn redundant(cluster: &Cluster, via: u16, n: usize, objects: u64, copies: u64) -> bool {
-    let state = || -> Option<bool> {
-        let epoch = cluster.info(via)["epoch"].as_u64()?;
-        let recovery: serde_json::Value = serde_json::from_str(&ok(
-            &mut cluster.dog_on(via, &["node", "recovery", "--json"])
-        ))
-        .ok()?;
-        let rows = recovery.as_array()?;
-        let all_recovered = rows.len() == n
-            && rows.iter().all(|r| {
-                r["reachable"] == true
-                    && r["epoch"].as_u64() == Some(epoch)
-                    && r["recoveredEpoch"].as_u64() == Some(epoch)
-            });
-        let per_node = cluster.objects_per_node(via)?;
-        let total: u64 = per_node.iter().map(|(_, o)| o).sum();
-        Some(all_recovered && per_node.len() == n && total == objects * copies)
-    };
-    state().unwrap_or(false)
-}
-
 /// `dog cluster check` through node `via` exits 0.
 fn healthy(cluster: &Cluster, via: u16) -> bool {
     run(&mut cluster.dog_on(via, &["cluster", "check"]))
@@ -333,7 +310,7 @@ fn a_node_joining_with_throttled_recovery_does_not_break_writes() {
     });
     // 64 data objects and the inode, 3 copies each, on the 3 nodes left.
     let redundancy = poll("full redundancy", Duration::from_secs(60), || {
-        redundant(&cluster, 0, 3, 65, 3)
+        cluster.redundant(0, 3, 65, 3)
     });
     eprintln!("redundancy after the kill: {redundancy:?}");
     findings.check(
@@ -478,7 +455,7 @@ fn rolling_node_replacement_keeps_every_copy_current() {
             || members(&cluster, gateway) == 3,
         );
         let degraded = poll("redundancy on 3 nodes", Duration::from_secs(40), || {
-            redundant(&cluster, gateway, 3, allocated + 1, 2)
+            cluster.redundant(gateway, 3, allocated + 1, 2)
         });
         // Objects zeroed in earlier rounds are left as they are from then on, so that the
         // end shows whether each round's zeroing held.
@@ -550,7 +527,7 @@ fn rolling_node_replacement_keeps_every_copy_current() {
         }
     }
     let restored = poll("redundancy on 4 nodes", Duration::from_secs(40), || {
-        redundant(&cluster, 0, 4, allocated + 1, 2)
+        cluster.redundant(0, 4, allocated + 1, 2)
     });
     findings.check(
         "redundancy on 4 nodes at the end",

@@ -17,22 +17,7 @@ fn members(cluster: &Cluster, via: u16) -> usize {
 /// together hold exactly `copies` copies of `objects` objects (recovered, stale copies gone).
 fn wait_for_redundancy(cluster: &Cluster, via: u16, n: usize, objects: u64, copies: u64) {
     wait_for("full redundancy", Duration::from_secs(40), || {
-        let epoch = cluster.info(via)["epoch"].as_u64()?;
-        let recovery: serde_json::Value = serde_json::from_str(&ok(
-            &mut cluster.dog_on(via, &["node", "recovery", "--json"])
-        ))
-        .ok()?;
-        let rows = recovery.as_array()?;
-        // Snapshots taken one after another: all must describe the same epoch and members.
-        let all_recovered = rows.len() == n
-            && rows.iter().all(|r| {
-                r["reachable"] == true
-                    && r["epoch"].as_u64() == Some(epoch)
-                    && r["recoveredEpoch"].as_u64() == Some(epoch)
-            });
-        let per_node = cluster.objects_per_node(via)?;
-        let total: u64 = per_node.iter().map(|(_, o)| o).sum();
-        (all_recovered && per_node.len() == n && total == objects * copies).then_some(())
+        cluster.redundant(via, n, objects, copies).then_some(())
     });
 }
 

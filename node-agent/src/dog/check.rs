@@ -46,10 +46,12 @@ pub async fn run(target: Target, repair: bool) -> anyhow::Result<()> {
     let ring = Ring::new(&map);
     let mut peers = HashMap::new();
     for node in &map.nodes {
-        let channel = Channel::from_shared(format!("http://{}", node.peer_addr))?
-            .connect()
-            .await;
-        if let Ok(channel) = channel {
+        let endpoint = Channel::from_shared(format!("http://{}", node.peer_addr))?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .timeout(std::time::Duration::from_secs(30));
+        let channel =
+            tokio::time::timeout(std::time::Duration::from_secs(3), endpoint.connect()).await;
+        if let Ok(Ok(channel)) = channel {
             let client = PeerServiceClient::new(channel)
                 .max_decoding_message_size(80 << 20)
                 .max_encoding_message_size(80 << 20);

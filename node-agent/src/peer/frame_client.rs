@@ -93,7 +93,10 @@ impl Connection {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(unreachable("the connection closed".into())),
             Err(_) => {
+                // A connection that stopped answering (a partition can leave it half open
+                // for good) is replaced on the next request.
                 self.waiting.lock().unwrap().remove(&request.id);
+                self.broken.store(true, Ordering::Relaxed);
                 Err(unreachable(format!("no reply within {timeout:?}")))
             }
         }

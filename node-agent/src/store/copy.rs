@@ -57,9 +57,11 @@ pub fn merge(copies: &[Copy], table_vid: Option<u32>) -> Option<Copy> {
                 }
             }
             _ => {
+                // Equal versions with different bytes (a copy torn by a crash) resolve the
+                // same way on every node: the larger bytes win, so merges converge.
                 let newest = copies
                     .iter()
-                    .max_by_key(|c| c.version(i))
+                    .max_by_key(|c| (c.version(i), c.block(i)))
                     .expect("at least one copy");
                 let v = newest.version(i);
                 if v > floor {
