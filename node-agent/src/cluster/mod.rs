@@ -82,8 +82,6 @@ pub struct ClusterView {
     current: RwLock<Arc<Epoch>>,
     history: Mutex<BTreeMap<u64, ClusterMap>>,
     changed: watch::Sender<u64>,
-    /// Epoch of the newest map persisted before this process started (0: none).
-    epoch_at_start: u64,
     /// Lease expiry, in ms since `started`; u64::MAX: no lease needed (stand-alone).
     lease_until_ms: AtomicU64,
     started: Instant,
@@ -110,7 +108,6 @@ impl ClusterView {
         let dir = dir.join("maps");
         crate::store::create_dir_durably(&dir)?;
         let history = load_history(&dir)?;
-        let epoch_at_start = history.keys().next_back().copied().unwrap_or(0);
         let map = history.values().next_back().cloned().unwrap_or(initial);
         let (changed, _) = watch::channel(map.epoch);
         let view = Self {
@@ -119,7 +116,6 @@ impl ClusterView {
             current: RwLock::new(Arc::new(Epoch::new(map.clone()))),
             history: Mutex::new(history),
             changed,
-            epoch_at_start,
             lease_until_ms: AtomicU64::new(if fenced { 0 } else { u64::MAX }),
             started: Instant::now(),
             // A stand-alone node is the whole cluster: nothing to wait for.
@@ -142,10 +138,6 @@ impl ClusterView {
 
     pub fn epoch(&self) -> u64 {
         self.current().epoch()
-    }
-
-    pub fn epoch_at_start(&self) -> u64 {
-        self.epoch_at_start
     }
 
     /// Notified with the epoch whenever a newer map is adopted.

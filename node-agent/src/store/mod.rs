@@ -399,21 +399,6 @@ impl ObjectStore {
         Ok(usage)
     }
 
-    /// Tombstones whose file was last changed before `before`: candidates for removal once no
-    /// request older than them can arrive.
-    pub fn old_tombstones(&self, before: std::time::SystemTime) -> Vec<ObjectId> {
-        self.list()
-            .into_iter()
-            .filter(|(_, meta)| meta.tombstone)
-            .filter(|(oid, _)| {
-                fs::metadata(self.path(*oid))
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t < before)
-            })
-            .map(|(oid, _)| oid)
-            .collect()
-    }
-
     fn check_health(&self) -> Result<()> {
         if self.has_failed() {
             return Err(StoreError::DiskFailed {
