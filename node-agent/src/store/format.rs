@@ -204,20 +204,36 @@ pub fn first_mismatch(blocks: &[u8], table: &[u8]) -> Option<usize> {
         .position(|(i, b)| block_checksum(b) != entry_crc(table, i))
 }
 
-/// What a block at `version` adds to an object's version summary (0 for version 0).
-pub fn block_hash(block: u64, version: u64) -> u64 {
-    if version == 0 {
+/// What block `block` with table entry `entry` (checksum and version) adds to an object's
+/// summary: 0 for a never-written block. The checksum is in it, so two copies holding
+/// different bytes at one version have different summaries and recovery merges them.
+pub fn block_hash(block: u64, entry: &[u8]) -> u64 {
+    if entry.iter().all(|&b| b == 0) {
         return 0;
     }
-    let mut key = [0u8; 16];
+    let mut key = [0u8; 8 + ENTRY];
     key[..8].copy_from_slice(&block.to_le_bytes());
-    key[8..].copy_from_slice(&version.to_le_bytes());
+    key[8..].copy_from_slice(&entry[..ENTRY]);
     xxhash_rust::xxh3::xxh3_64(&key)
+}
+
+/// What block `i` of `table` adds to its object's summary.
+pub fn table_hash(table: &[u8], first: u64, i: usize) -> u64 {
+    block_hash(first + i as u64, &table[i * ENTRY..(i + 1) * ENTRY])
 }
 
 /// What an object's floor adds to its version summary.
 pub fn floor_hash(floor: u64) -> u64 {
-    block_hash(u64::MAX, floor)
+    let mut entry = [0u8; ENTRY];
+    entry[4..].copy_from_slice(&floor.to_le_bytes());
+    block_hash(u64::MAX, &entry)
+}
+
+/// Whether entry `i` of an object's table spans two pages of the file, so that a power cut
+/// can keep its checksum from one write and its version from another.
+pub fn entry_spans_pages(i: usize) -> bool {
+    let start = HEADER_LEN as usize + i * ENTRY;
+    start / 4096 != (start + ENTRY - 1) / 4096
 }
 
 #[cfg(test)]

@@ -96,8 +96,8 @@ pub struct Applied {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
     pub copies: u8,
-    /// A digest of the object's block versions and floor: two copies with the same summary
-    /// hold the same versions of every block.
+    /// A digest of the object's block versions, block checksums and floor: two copies with
+    /// the same summary hold the same versions and bytes of every block.
     pub summary: u64,
     /// Removed: a header that keeps older requests out, and no data.
     pub tombstone: bool,
@@ -241,7 +241,7 @@ impl ObjectStore {
                 None => self.create(oid, spec, 0)?,
             };
             check_range(&obj, offset, len)?;
-            self.mark_dirty(oid)?;
+            self.mark_dirty(&obj)?;
             let change = match table::table_vid(oid) {
                 Some(vid) if offset + len > table::TABLE_START => {
                     change_inode(&obj, vid, offset, fill, version)?
@@ -285,7 +285,7 @@ impl ObjectStore {
                 let (newest, floor) = (newest_block(&obj)?, obj.header.floor);
                 if newest > version {
                     // A newer write reached some blocks: keep them, zero the rest.
-                    self.mark_dirty(oid)?;
+                    self.mark_dirty(&obj)?;
                     let all = obj.header.capacity;
                     let change = apply(&obj, 0, all, Fill::Zeros, version)?;
                     self.update_meta(oid, |meta| meta.summary ^= change.summary_delta);
@@ -342,7 +342,7 @@ impl ObjectStore {
         self.check_health()?;
         let _serial = self.flush_lock.lock().unwrap();
         let pending = self.dirty.lock().unwrap().take_pending();
-        for &oid in &pending {
+        for &oid in pending.keys() {
             let synced = self.object(oid).and_then(|obj| match obj {
                 Some(obj) => self.sync_object(&obj),
                 None => Ok(()),
@@ -500,7 +500,7 @@ impl ObjectStore {
             if full != zero || version != 0 {
                 table[i * ENTRY..(i + 1) * ENTRY].copy_from_slice(&format::entry(&full, version));
             }
-            summary ^= format::block_hash(i as u64, version);
+            summary ^= format::table_hash(&table, 0, i);
         }
         let written = !data.is_empty() || versions.iter().any(|&v| v != 0);
         if written {
@@ -591,11 +591,16 @@ impl ObjectStore {
         Ok(true)
     }
 
-    fn mark_dirty(&self, oid: ObjectId) -> Result<()> {
+    /// Logs `obj` as written since the last flush, with its checksum table as it is now (on
+    /// disk: nothing was written to it since its last sync). Called with its lock held.
+    fn mark_dirty(&self, obj: &ObjectFile) -> Result<()> {
+        let oid = obj.header.oid;
+        let snapshot =
+            || read_table(obj, 0, obj.header.blocks()).map_err(|e| io::Error::other(e.to_string()));
         self.dirty
             .lock()
             .unwrap()
-            .mark(oid)
+            .mark(oid, snapshot)
             .map_err(|source| io_error(oid, source))
     }
 
@@ -667,7 +672,7 @@ impl ObjectStore {
         for i in 0..header.blocks() as usize {
             let v = format::entry_version(&table, i);
             written |= v != 0 || format::entry_crc(&table, i) != 0;
-            summary ^= format::block_hash(i as u64, v);
+            summary ^= format::table_hash(&table, 0, i);
         }
         let meta = Meta {
             copies: header.copies,
@@ -705,10 +710,20 @@ impl ObjectStore {
         self.sync_dir()
     }
 
-    /// Recomputes the checksums of objects a previous run may have left half-written (data
-    /// written, table entry not yet); block versions are kept.
-    fn repair_checksums(&self, oids: &[ObjectId]) -> Result<()> {
-        for &oid in oids {
+    /// Repairs the objects a previous run may have left half-written: written since the last
+    /// flush, then killed or cut off from power. A block's data and its table entry are on
+    /// different pages, and either can reach the disk without the other; an entry that spans
+    /// two pages can even keep one write's checksum and another's version. So a block whose
+    /// entry changed since the object's snapshot (its table at its first write after the last
+    /// flush, in the dirty log) is only trusted if it matches its data and lies in one page.
+    /// Otherwise the block takes the snapshot's entry if its data is the snapshot's, or its
+    /// data's checksum at the snapshot's version: the data is some write newer than the
+    /// snapshot, of unknown version, and the snapshot's version is a lower bound, so every
+    /// newer copy elsewhere wins in recovery, and no older one does. Without a snapshot (a
+    /// version-1 log), such a block goes to version 0.
+    fn repair_checksums(&self, objects: &[(ObjectId, dirty_log::Snapshot)]) -> Result<()> {
+        for (oid, snapshot) in objects {
+            let oid = *oid;
             let Some(obj) = self.object(oid)? else {
                 continue;
             };
@@ -718,15 +733,43 @@ impl ObjectStore {
                 .read_exact_at(&mut data, obj.header.data_offset())
                 .map_err(read_err)?;
             let mut table = read_table(&obj, 0, obj.header.blocks())?;
+            let mut repaired = 0;
             for (i, block) in data.chunks(BS as usize).enumerate() {
-                let crc = format::block_checksum(block).to_le_bytes();
-                table[i * ENTRY..i * ENTRY + 4].copy_from_slice(&crc);
+                let entry = &table[i * ENTRY..(i + 1) * ENTRY];
+                let before: Option<[u8; ENTRY]> = if snapshot.is_empty() {
+                    None
+                } else {
+                    Some(
+                        snapshot
+                            .get(i * ENTRY..(i + 1) * ENTRY)
+                            .map_or([0; ENTRY], |e| e.try_into().unwrap()),
+                    )
+                };
+                let crc = format::block_checksum(block);
+                let unchanged = before.is_some_and(|b| b == entry);
+                if crc == format::entry_crc(&table, i)
+                    && (unchanged || !format::entry_spans_pages(i))
+                {
+                    continue;
+                }
+                let fixed = match before {
+                    Some(b) if crc == format::entry_crc(&b, 0) => b,
+                    Some(b) => format::entry(block, format::entry_version(&b, 0)),
+                    None => format::entry(block, 0),
+                };
+                table[i * ENTRY..(i + 1) * ENTRY].copy_from_slice(&fixed);
+                repaired += 1;
+            }
+            if repaired == 0 {
+                continue;
             }
             obj.file
                 .write_all_at(&table, HEADER_LEN)
                 .map_err(|e| io_error(oid, e))?;
             obj.file.sync_data().map_err(|e| io_error(oid, e))?;
-            tracing::warn!(object = %oid, "recomputed checksums of an object written since the last flush before an unclean stop");
+            self.files.lock().unwrap().remove(&oid);
+            self.load_object(oid, &self.path(oid))?;
+            tracing::warn!(object = %oid, blocks = repaired, "repaired blocks written since the last flush before an unclean stop whose data and checksum table disagreed; recovery brings their current version from the other copies");
         }
         let mut dirty = self.dirty.lock().unwrap();
         dirty.take_pending();
@@ -950,10 +993,9 @@ fn join_table(
             continue;
         }
         let v = stored.max(version);
-        let block = first + i as u64;
-        change.summary_delta ^= format::block_hash(block, format::entry_version(&table, i))
-            ^ format::block_hash(block, v);
+        change.summary_delta ^= format::table_hash(&table, first, i);
         table[i * ENTRY..(i + 1) * ENTRY].copy_from_slice(&format::entry(new, v));
+        change.summary_delta ^= format::table_hash(&table, first, i);
         change.changed = true;
     }
     if change.changed {
@@ -1013,10 +1055,9 @@ fn apply(obj: &ObjectFile, offset: u64, len: u64, fill: Fill, version: u64) -> R
         )?;
         for (k, entry) in entries.chunks(ENTRY).enumerate() {
             let at = run_start + k;
-            let block = first + at as u64;
-            change.summary_delta ^=
-                format::block_hash(block, stored(&table, at)) ^ format::block_hash(block, version);
+            change.summary_delta ^= format::table_hash(&table, first, at);
             table[at * ENTRY..(at + 1) * ENTRY].copy_from_slice(entry);
+            change.summary_delta ^= format::table_hash(&table, first, at);
         }
         obj.file
             .write_all_at(&entries, HEADER_LEN + run.0 * ENTRY as u64)
