@@ -8,6 +8,7 @@
 //! long as the node leases last) and membership changes wait until it is back.
 
 use crate::cluster::{load_history, save_map, write_durably};
+use crate::leases::Leases;
 use anyhow::Context;
 use sheepdog_api::v1::coordinator_service_server::{CoordinatorService, CoordinatorServiceServer};
 use sheepdog_api::v1::{
@@ -50,8 +51,8 @@ struct State {
     history: BTreeMap<u64, ClusterMap>,
     heartbeats: BTreeMap<String, Heartbeat>,
     recovered: HashMap<String, u64>,
-    /// Named locks: holder and expiry in ms.
-    locks: HashMap<String, (String, u64)>,
+    /// Named locks (the metadata lock, volume attachments).
+    locks: Leases,
     /// Vids of deleted volumes, never to be used again; persisted.
     retired: VidFile,
     /// Vids that stopped being working volumes: their data never changes again; persisted.
@@ -162,7 +163,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         history,
         heartbeats,
         recovered: HashMap::new(),
-        locks: HashMap::new(),
+        locks: Leases::default(),
         retired,
         sealed,
         reported_epoch: 0,
@@ -230,25 +231,22 @@ impl CoordinatorService for Coordinator {
         let mut state = self.state.lock().unwrap();
         let now = state.now_ms();
         let until = now + req.ttl_ms.clamp(1_000, 120_000);
-        let free = match state.locks.get(&req.name) {
-            Some((holder, expiry)) => holder == &req.holder || *expiry <= now,
-            None => true,
-        };
-        if free {
-            state.locks.insert(req.name, (req.holder, until));
-            return Ok(Response::new(LockResponse {
+        let granted = state
+            .locks
+            .acquire(&req.name, &req.holder, req.shared, now, until);
+        Ok(Response::new(match granted {
+            Ok(()) => LockResponse {
                 granted: true,
                 holder: String::new(),
                 retired_vids: state.retired.list(),
                 sealed_vids: state.sealed.list(),
-            }));
-        }
-        let holder = state.locks[&req.name].0.clone();
-        Ok(Response::new(LockResponse {
-            granted: false,
-            holder,
-            retired_vids: Vec::new(),
-            sealed_vids: Vec::new(),
+            },
+            Err(holder) => LockResponse {
+                granted: false,
+                holder,
+                retired_vids: Vec::new(),
+                sealed_vids: Vec::new(),
+            },
         }))
     }
 
@@ -258,12 +256,10 @@ impl CoordinatorService for Coordinator {
     ) -> Result<Response<UnlockResponse>, Status> {
         let req = req.into_inner();
         let mut state = self.state.lock().unwrap();
-        if state
-            .locks
-            .get(&req.name)
-            .is_some_and(|(holder, _)| holder == &req.holder)
-        {
-            state.locks.remove(&req.name);
+        if req.holder_prefix {
+            state.locks.release_holders(&req.holder);
+        } else {
+            state.locks.release(&req.name, &req.holder);
         }
         Ok(Response::new(UnlockResponse {}))
     }

@@ -110,6 +110,7 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         ));
     }
     let metrics = Arc::new(Metrics::default());
+    gateway.attachments().forget_previous_run().await;
     tokio::spawn(nbd::serve_tcp(nbd_tcp, gateway.clone(), metrics.clone()));
     tokio::spawn(nbd::serve_unix(nbd_unix, gateway.clone(), metrics.clone()));
     tracing::info!(

@@ -14,6 +14,8 @@ pub mod dog;
 pub mod freeze;
 /// Volume I/O and metadata over replicated objects; every node is a gateway.
 pub mod gateway;
+/// Named, time-limited leases, exclusive or shared.
+pub mod leases;
 /// This node as a replica: store operations preceded by recovery of the object.
 pub mod local;
 /// Prometheus metrics, served at `/metrics` on the gRPC port.

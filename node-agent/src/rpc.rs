@@ -55,7 +55,9 @@ fn status(err: GatewayError) -> Status {
         }
         GatewayError::InvalidVolume(_) => tonic::Code::InvalidArgument,
         GatewayError::OutOfRange { .. } => tonic::Code::OutOfRange,
-        GatewayError::ReadOnly { .. } => tonic::Code::FailedPrecondition,
+        GatewayError::ReadOnly { .. }
+        | GatewayError::Attached { .. }
+        | GatewayError::Detached { .. } => tonic::Code::FailedPrecondition,
         GatewayError::VidsExhausted => tonic::Code::ResourceExhausted,
         GatewayError::NoReplicas { .. }
         | GatewayError::NotEnoughReplicas { .. }

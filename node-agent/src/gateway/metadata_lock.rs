@@ -38,16 +38,7 @@ pub struct Held<'a> {
 }
 
 impl MetadataLock {
-    pub fn new(coordinator: Option<&str>, holder: &str) -> Self {
-        let coordinator = coordinator
-            .and_then(|addr| Endpoint::from_shared(format!("http://{addr}")).ok())
-            .map(|e| {
-                CoordinatorServiceClient::new(
-                    e.connect_timeout(Duration::from_secs(1))
-                        .timeout(Duration::from_secs(5))
-                        .connect_lazy(),
-                )
-            });
+    pub fn new(coordinator: Option<CoordinatorServiceClient<Channel>>, holder: &str) -> Self {
         Self {
             local: tokio::sync::Mutex::new(()),
             coordinator,
@@ -140,6 +131,7 @@ impl MetadataLock {
             let req = UnlockRequest {
                 name: NAME.into(),
                 holder: self.holder.clone(),
+                holder_prefix: false,
             };
             if let Err(status) = client.clone().unlock(req).await {
                 tracing::warn!(error = %status.message(), "cannot release the metadata lock; it expires by itself");
@@ -149,11 +141,23 @@ impl MetadataLock {
     }
 }
 
+/// A client of the coordinator at `addr`, connected when first used.
+pub fn coordinator_client(addr: Option<&str>) -> Option<CoordinatorServiceClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{}", addr?)).ok()?;
+    Some(CoordinatorServiceClient::new(
+        endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy(),
+    ))
+}
+
 fn req_for(holder: &str) -> LockRequest {
     LockRequest {
         name: NAME.into(),
         holder: holder.to_owned(),
         ttl_ms: TTL.as_millis() as u64,
+        shared: false,
     }
 }
 

@@ -4,6 +4,7 @@
 //! boundaries; each object's replica set comes from the placement ring of the current cluster
 //! map; [`replicas::Replicas`] does the replicated I/O.
 
+pub mod attach;
 mod io;
 mod metadata_lock;
 mod replicas;
@@ -42,6 +43,14 @@ pub enum GatewayError {
     },
     #[error("volume {name:?} is read-only")]
     ReadOnly { name: String },
+    #[error(
+        "volume {name:?} is attached for writing by another client ({holder}); detach it there first, or, to write it from several places at once (a live migration), open it as \"{name}/shared\" everywhere; to read beside it, open \"{name}/readonly\""
+    )]
+    Attached { name: String, holder: String },
+    #[error(
+        "this client's attachment of volume {name:?} expired and another client attached it; reconnect once that client is gone"
+    )]
+    Detached { name: String },
     #[error("no storage node can hold object {oid}: the cluster map has no nodes")]
     NoReplicas { oid: ObjectId },
     #[error(
@@ -116,6 +125,8 @@ pub struct Gateway {
     /// Vid and copies of snapshots opened before, by name and tag.
     snapshot_vids: RwLock<HashMap<(String, String), (u32, u8)>>,
     metadata: metadata_lock::MetadataLock,
+    /// Which clients may write which volumes.
+    attachments: Arc<attach::Attachments>,
     freezer: Arc<Freezer>,
     cow_locks: Vec<tokio::sync::Mutex<()>>,
     /// Set when garbage collection was put off (the view was not complete or settled).
@@ -131,6 +142,8 @@ impl Gateway {
         coordinator: Option<&str>,
         freezer: Arc<Freezer>,
     ) -> Self {
+        let coordinator = metadata_lock::coordinator_client(coordinator);
+        let attachments = attach::Attachments::new(coordinator.clone(), replicas.self_id());
         let metadata = metadata_lock::MetadataLock::new(coordinator, replicas.self_id());
         Self {
             replicas,
@@ -139,6 +152,7 @@ impl Gateway {
             names: RwLock::default(),
             snapshot_vids: RwLock::default(),
             metadata,
+            attachments,
             freezer,
             cow_locks: (0..COW_STRIPES).map(|_| Default::default()).collect(),
             gc_deferred: Default::default(),
@@ -151,6 +165,11 @@ impl Gateway {
 
     pub fn default_copies(&self) -> u8 {
         self.default_copies
+    }
+
+    /// Which clients may write which volumes.
+    pub fn attachments(&self) -> &Arc<attach::Attachments> {
+        &self.attachments
     }
 
     pub fn replicas(&self) -> &Replicas {

@@ -11,7 +11,9 @@ pub fn errno(err: &GatewayError, kind: u16) -> u32 {
     match err {
         GatewayError::OutOfRange { .. } if writes => ENOSPC,
         GatewayError::OutOfRange { .. } => EINVAL,
-        GatewayError::ReadOnly { .. } => EPERM,
+        GatewayError::ReadOnly { .. }
+        | GatewayError::Attached { .. }
+        | GatewayError::Detached { .. } => EPERM,
         GatewayError::InvalidVolume(_)
         | GatewayError::VolumeExists { .. }
         | GatewayError::SnapshotExists { .. } => EINVAL,

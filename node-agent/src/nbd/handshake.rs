@@ -1,7 +1,8 @@
 //! Fixed-newstyle negotiation: greeting, options, and the choice of export.
 
 use super::proto::*;
-use crate::gateway::{Gateway, Volume};
+use crate::gateway::attach::{Access, Attachment};
+use crate::gateway::{Gateway, GatewayError, Volume};
 use std::io;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -10,6 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub struct Chosen {
     pub name: String,
     pub volume: Arc<Volume>,
+    /// The client's hold on the volume for writing; `None`: it only reads.
+    pub attachment: Option<Attachment>,
 }
 
 /// Why negotiation ended without an export.
@@ -21,6 +24,8 @@ pub enum HandshakeError {
     Protocol(#[from] ProtocolError),
     #[error("client asked for unknown export {0:?} with NBD_OPT_EXPORT_NAME")]
     UnknownExport(String),
+    #[error("refused export {0:?} asked for with NBD_OPT_EXPORT_NAME: {1}")]
+    Refused(String, GatewayError),
 }
 
 /// Runs option haggling. `Ok(None)`: the client aborted.
@@ -74,25 +79,50 @@ where
 }
 
 /// Transmission flags of an export, set truthfully.
-pub fn transmission_flags(volume: &Volume) -> u16 {
+pub fn transmission_flags(volume: &Volume, access: Access) -> u16 {
     let base = FLAG_HAS_FLAGS
         | FLAG_SEND_FLUSH
         | FLAG_SEND_FUA
         | FLAG_SEND_TRIM
         | FLAG_SEND_WRITE_ZEROES
         | FLAG_CAN_MULTI_CONN;
-    if volume.inode.read().unwrap().snapshot {
+    if read_only(volume, access) {
         base | FLAG_READ_ONLY
     } else {
         base
     }
 }
 
-fn export_info(volume: &Volume) -> (u64, u16) {
+fn read_only(volume: &Volume, access: Access) -> bool {
+    access == Access::ReadOnly || volume.inode.read().unwrap().snapshot
+}
+
+fn export_info(volume: &Volume, access: Access) -> (u64, u16) {
     (
         volume.inode.read().unwrap().size,
-        transmission_flags(volume),
+        transmission_flags(volume, access),
     )
+}
+
+/// Opens export `export` (`NAME`, `NAME@TAG`, `NAME/shared`, `NAME/readonly`).
+async fn open(gateway: &Gateway, export: &str) -> Result<(Arc<Volume>, Access), GatewayError> {
+    let (name, access) = Access::parse(export);
+    Ok((gateway.open_volume(name).await?, access))
+}
+
+/// Attaches a volume opened for writing; nothing for one that is only read.
+async fn attach(
+    gateway: &Gateway,
+    export: &str,
+    volume: &Volume,
+    access: Access,
+) -> Result<Option<Attachment>, GatewayError> {
+    if read_only(volume, access) {
+        return Ok(None);
+    }
+    let name = Access::parse(export).0;
+    let shared = access == Access::Shared;
+    gateway.attachments().attach(name, shared).await.map(Some)
 }
 
 async fn export_name<S>(
@@ -105,11 +135,13 @@ where
     S: AsyncWrite + Unpin,
 {
     let name = parse_export_name(data).unwrap_or_default();
-    let volume = gateway
-        .open_volume(&name)
+    let (volume, access) = open(gateway, &name)
         .await
         .map_err(|_| HandshakeError::UnknownExport(name.clone()))?;
-    let (size, flags) = export_info(&volume);
+    let attachment = attach(gateway, &name, &volume, access)
+        .await
+        .map_err(|e| HandshakeError::Refused(name.clone(), e))?;
+    let (size, flags) = export_info(&volume, access);
     let mut out = Vec::with_capacity(134);
     out.extend_from_slice(&size.to_be_bytes());
     out.extend_from_slice(&flags.to_be_bytes());
@@ -117,7 +149,11 @@ where
         out.extend_from_slice(&[0u8; 124]);
     }
     stream.write_all(&out).await?;
-    Ok(Chosen { name, volume })
+    Ok(Chosen {
+        name,
+        volume,
+        attachment,
+    })
 }
 
 async fn list<S: AsyncWrite + Unpin>(
@@ -167,7 +203,7 @@ where
         .await?;
         return Ok(None);
     };
-    let Ok(volume) = gateway.open_volume(&request.name).await else {
+    let Ok((volume, access)) = open(gateway, &request.name).await else {
         let msg = format!(
             "no volume named {:?}; `dog vdi list` shows the volumes",
             request.name
@@ -175,7 +211,19 @@ where
         reply_error(stream, option, REP_ERR_UNKNOWN, &msg).await?;
         return Ok(None);
     };
-    let (size, flags) = export_info(&volume);
+    let attachment = if option == OPT_GO {
+        match attach(gateway, &request.name, &volume, access).await {
+            Ok(attachment) => attachment,
+            Err(e) => {
+                tracing::warn!(export = %request.name, error = %e, "refused an NBD client");
+                reply_error(stream, option, REP_ERR_POLICY, &e.to_string()).await?;
+                return Ok(None);
+            }
+        }
+    } else {
+        None
+    };
+    let (size, flags) = export_info(&volume, access);
     let mut export = INFO_EXPORT.to_be_bytes().to_vec();
     export.extend_from_slice(&size.to_be_bytes());
     export.extend_from_slice(&flags.to_be_bytes());
@@ -196,6 +244,7 @@ where
     Ok((option == OPT_GO).then_some(Chosen {
         name: request.name,
         volume,
+        attachment,
     }))
 }
 

@@ -60,8 +60,7 @@ where
     };
     tracing::info!(client = %peer, volume.name = %chosen.name, "NBD client attached");
     let name = chosen.name.clone();
-    if let Err(e) = transmission::serve(stream, gateway, metrics, chosen.name, chosen.volume).await
-    {
+    if let Err(e) = transmission::serve(stream, gateway, metrics, chosen).await {
         tracing::info!(client = %peer, volume.name = %name, error = %e, "NBD connection closed");
     }
 }

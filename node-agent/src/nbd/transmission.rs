@@ -5,8 +5,10 @@
 //! make the server buffer without limit.
 
 use super::errors::errno;
+use super::handshake::Chosen;
 use super::proto::*;
-use crate::gateway::{Gateway, Volume};
+use crate::gateway::attach::Attachment;
+use crate::gateway::{Gateway, GatewayError, Volume};
 use crate::metrics::{Metrics, Op};
 use bytes::{Bytes, BytesMut};
 use std::io;
@@ -30,8 +32,7 @@ pub async fn serve<S>(
     stream: S,
     gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
-    name: String,
-    volume: Arc<Volume>,
+    chosen: Chosen,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -40,7 +41,8 @@ where
     let (tx, rx) = mpsc::unbounded_channel();
     let replies = tokio::spawn(write_replies(writer, rx));
     let budget = Arc::new(Semaphore::new(BUDGET_KIB as usize));
-    let name: Arc<str> = name.into();
+    let (name, volume) = (Arc::<str>::from(chosen.name), chosen.volume);
+    let attachment = Arc::new(chosen.attachment);
     let result = loop {
         let mut header = [0u8; REQUEST_LEN];
         if let Err(e) = reader.read_exact(&mut header).await {
@@ -84,10 +86,11 @@ where
         };
         let (tx, gateway, volume, name) =
             (tx.clone(), gateway.clone(), volume.clone(), name.clone());
+        let attachment = attachment.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let reply = handle(&gateway, &volume, &name, request, payload).await;
+            let reply = handle(&gateway, &volume, &attachment, &name, request, payload).await;
             let bytes = match request.kind {
                 CMD_READ | CMD_WRITE => u64::from(request.length),
                 _ => 0,
@@ -130,6 +133,7 @@ async fn discard<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> io::Result<(
 async fn handle(
     gateway: &Gateway,
     volume: &Volume,
+    attachment: &Option<Attachment>,
     name: &str,
     req: Request,
     payload: Bytes,
@@ -151,6 +155,16 @@ async fn handle(
             "refused NBD request with unsupported flags"
         );
         return reply(EINVAL, None);
+    }
+    if matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES) {
+        let allowed = match attachment {
+            Some(attachment) => attachment.check(),
+            None => Err(GatewayError::ReadOnly { name: name.into() }),
+        };
+        if let Err(e) = allowed {
+            tracing::warn!(volume.name = name, kind = req.kind, error = %e, "refused an NBD write");
+            return reply(errno(&e, req.kind), None);
+        }
     }
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let (offset, len) = (req.offset, u64::from(req.length));
