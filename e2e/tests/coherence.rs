@@ -123,9 +123,9 @@ fn two_gateways_see_each_others_first_writes() {
     let cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
     ok(&mut cluster.dog(&["vdi", "create", "vm1", "64M"]));
     let (uri0, uri1, uri2) = (
-        cluster.nbd_uri_on(0, "vm1"),
-        cluster.nbd_uri_on(1, "vm1"),
-        cluster.nbd_uri_on(2, "vm1"),
+        cluster.nbd_uri_on(0, "vm1/shared"),
+        cluster.nbd_uri_on(1, "vm1/shared"),
+        cluster.nbd_uri_on(2, "vm1/shared"),
     );
     // Objects 0 and 1 exist before the snapshot taken below.
     qemu_io(&uri0, &["write -P 0x11 0 8M", "flush"]);
@@ -429,7 +429,7 @@ fn rolling_node_replacement_keeps_every_copy_current() {
     // Objects 0..8 written; each round allocates two more.
     let mut allocated = 8u64;
     write_ranges(
-        &cluster.nbd_uri_on(0, "roll"),
+        &cluster.nbd_uri_on(0, "roll/shared"),
         &[(0, allocated * OBJECT)],
         pattern,
         &mut image,
@@ -467,7 +467,7 @@ fn rolling_node_replacement_keeps_every_copy_current() {
             .map(|k| (k * OBJECT, OBJECT))
             .collect();
         let rewrite = write_ranges(
-            &cluster.nbd_uri_on(gateway, "roll"),
+            &cluster.nbd_uri_on(gateway, "roll/shared"),
             &ranges,
             pattern,
             &mut image,
@@ -475,7 +475,7 @@ fn rolling_node_replacement_keeps_every_copy_current() {
         allocated += 1;
         // ...and zero one whole object the victim holds (its copies become tombstones).
         let zero = qemu(
-            &cluster.nbd_uri_on(gateway, "roll"),
+            &cluster.nbd_uri_on(gateway, "roll/shared"),
             &[
                 &format!("write -z -u {} {OBJECT}", zeroed * OBJECT),
                 "flush",
@@ -501,7 +501,7 @@ fn rolling_node_replacement_keeps_every_copy_current() {
             .collect();
         ranges.push((allocated * OBJECT, OBJECT));
         let rejoin_write = write_ranges(
-            &cluster.nbd_uri_on(other, "roll"),
+            &cluster.nbd_uri_on(other, "roll/shared"),
             &ranges,
             pattern,
             &mut image,
@@ -580,7 +580,7 @@ fn rolling_node_replacement_keeps_every_copy_current() {
     for node in 0..4 {
         session.ok(&format!(
             "open n{node} {}",
-            cluster.nbd_uri_on(node, "roll")
+            cluster.nbd_uri_on(node, "roll/shared")
         ));
         let wrong: Vec<String> = image
             .chunks(MIB as usize)

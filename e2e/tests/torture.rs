@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 const NODES: u16 = 4;
 const VOLUME: &str = "tortured";
+/// The export every client opens: the volume, attached shared by the clients on every gateway.
+const SHARED: &str = "tortured/shared";
 const BLOCKS: u32 = 8192;
 const CLIENTS: u32 = 4;
 const QUEUE_DEPTH: u32 = 8;
@@ -225,7 +227,7 @@ fn torture(seed: u64) -> Result<String, String> {
     });
     let size = format!("{}M", run_.size_mib);
     ok(&mut run_.lab.dog(0, &["vdi", "create", VOLUME, &size]));
-    let uris: Vec<String> = (0..NODES).map(|n| run_.lab.nbd_uri(n, VOLUME)).collect();
+    let uris: Vec<String> = (0..NODES).map(|n| run_.lab.nbd_uri(n, SHARED)).collect();
     let state = run_.lab.dir.path().join("torture.json");
     let seconds: u64 = steps.iter().map(|(_, pause)| pause).sum::<u64>() / 1000 + 4;
     let writer = checker()
@@ -270,7 +272,7 @@ fn torture(seed: u64) -> Result<String, String> {
     }
     let uris: Vec<String> = members
         .iter()
-        .map(|&n| run_.lab.nbd_uri(n, VOLUME))
+        .map(|&n| run_.lab.nbd_uri(n, SHARED))
         .collect();
     // After the whole cluster lost power only flushed writes must be there; otherwise every
     // acknowledged write must (one node losing power loses nothing the others hold).

@@ -3,6 +3,11 @@
 //! first is attached; or *shared*, by every writer that asks for it (a live migration's source
 //! and target, a cluster file system). Reading beside a writer needs no attachment.
 //!
+//! A client is known by its address and the gateway it uses: NBD carries no other identity.
+//! Its connections share one attachment (`nbdcopy` and other multi-connection clients open
+//! several), released when the last one closes. So two clients on one host using the same
+//! gateway are not told apart: the check is between hosts, or between gateways.
+//!
 //! An attachment is a lease on the coordinator (`attach/NAME`), renewed every third of
 //! [`TTL`] while the client is connected and released when it leaves; a gateway that dies
 //! holding one blocks the volume for at most [`TTL`], and a restarted node drops its previous
@@ -17,7 +22,8 @@ use super::{GatewayError, Result};
 use crate::leases::Leases;
 use sheepdog_api::v1::coordinator_service_client::CoordinatorServiceClient;
 use sheepdog_api::v1::{LockRequest, UnlockRequest};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::transport::Channel;
@@ -56,15 +62,22 @@ pub struct Attachments {
     local: Mutex<Leases>,
     /// This node's holder prefix, `NODE/`.
     node: String,
-    next: AtomicU64,
+    /// The attachments held here, by lease name and holder.
+    held: Mutex<HashMap<(String, String), Held>>,
 }
 
-/// A client's hold on a volume, released when dropped.
-pub struct Attachment {
-    name: String,
-    holder: String,
+/// One client's attachment of one volume, shared by its connections.
+struct Held {
+    connections: usize,
     lost: Arc<AtomicBool>,
     renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A connection's hold on a volume; the attachment ends when its client's last one drops.
+pub struct Attachment {
+    name: String,
+    key: (String, String),
+    lost: Arc<AtomicBool>,
     owner: Arc<Attachments>,
 }
 
@@ -82,10 +95,20 @@ impl Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        if let Some(renewal) = self.renewal.take() {
-            renewal.abort();
+        {
+            let mut held = self.owner.held.lock().unwrap();
+            let Some(entry) = held.get_mut(&self.key) else {
+                return;
+            };
+            entry.connections -= 1;
+            if entry.connections > 0 {
+                return;
+            }
+            if let Some(renewal) = held.remove(&self.key).and_then(|e| e.renewal) {
+                renewal.abort();
+            }
         }
-        let (name, holder) = (lease_name(&self.name), self.holder.clone());
+        let (name, holder) = self.key.clone();
         let Some(client) = self.owner.coordinator.clone() else {
             self.owner.local.lock().unwrap().release(&name, &holder);
             return;
@@ -121,7 +144,7 @@ impl Attachments {
             coordinator,
             local: Mutex::default(),
             node: format!("{node}/"),
-            next: AtomicU64::new(1),
+            held: Mutex::default(),
         })
     }
 
@@ -144,9 +167,25 @@ impl Attachments {
         }
     }
 
-    /// Attaches volume `name` for `client` (who it is, for messages), exclusively or shared.
-    pub async fn attach(self: &Arc<Self>, name: &str, shared: bool) -> Result<Attachment> {
-        let holder = format!("{}{}", self.node, self.next.fetch_add(1, Ordering::Relaxed));
+    /// Attaches volume `name` for `client` (its address), exclusively or shared.
+    pub async fn attach(
+        self: &Arc<Self>,
+        name: &str,
+        client: &str,
+        shared: bool,
+    ) -> Result<Attachment> {
+        let mode = if shared { "shared" } else { "exclusive" };
+        let holder = format!("{}{client}/{mode}", self.node);
+        let key = (lease_name(name), holder.clone());
+        if let Some(entry) = self.held.lock().unwrap().get_mut(&key) {
+            entry.connections += 1;
+            return Ok(Attachment {
+                name: name.to_owned(),
+                key,
+                lost: entry.lost.clone(),
+                owner: self.clone(),
+            });
+        }
         let req = LockRequest {
             name: lease_name(name),
             holder: holder.clone(),
@@ -185,16 +224,24 @@ impl Attachments {
                 holder,
             });
         }
-        let lost = Arc::new(AtomicBool::new(false));
-        let renewal = self
-            .coordinator
-            .clone()
-            .map(|client| tokio::spawn(renew(client, req, lost.clone())));
+        let mut held = self.held.lock().unwrap();
+        let entry = held.entry(key.clone()).or_insert_with(|| {
+            let lost = Arc::new(AtomicBool::new(false));
+            let renewal = self
+                .coordinator
+                .clone()
+                .map(|client| tokio::spawn(renew(client, req, lost.clone())));
+            Held {
+                connections: 0,
+                lost,
+                renewal,
+            }
+        });
+        entry.connections += 1;
         Ok(Attachment {
             name: name.to_owned(),
-            holder,
-            lost,
-            renewal,
+            key,
+            lost: entry.lost.clone(),
             owner: self.clone(),
         })
     }
@@ -237,13 +284,24 @@ mod tests {
     #[tokio::test]
     async fn a_standalone_node_refuses_a_second_exclusive_writer() {
         let attachments = Attachments::new(None, "n0");
-        let first = attachments.attach("vm1", false).await.unwrap();
-        let err = attachments.attach("vm1", true).await.err().unwrap();
+        let first = attachments.attach("vm1", "10.0.0.1", false).await.unwrap();
+        let second_connection = attachments.attach("vm1", "10.0.0.1", false).await.unwrap();
+        let err = attachments
+            .attach("vm1", "10.0.0.2", false)
+            .await
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("/shared"), "{err}");
+        assert!(attachments.attach("vm1", "10.0.0.2", true).await.is_err());
         drop(first);
-        let a = attachments.attach("vm1", true).await.unwrap();
-        let _b = attachments.attach("vm1", true).await.unwrap();
-        assert!(attachments.attach("vm1", false).await.is_err());
+        assert!(
+            attachments.attach("vm1", "10.0.0.2", false).await.is_err(),
+            "the client's other connection keeps the attachment"
+        );
+        drop(second_connection);
+        let a = attachments.attach("vm1", "10.0.0.2", true).await.unwrap();
+        let _b = attachments.attach("vm1", "10.0.0.3", true).await.unwrap();
+        assert!(attachments.attach("vm1", "10.0.0.4", false).await.is_err());
         a.check().unwrap();
     }
 }

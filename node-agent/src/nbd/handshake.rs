@@ -28,10 +28,12 @@ pub enum HandshakeError {
     Refused(String, GatewayError),
 }
 
-/// Runs option haggling. `Ok(None)`: the client aborted.
+/// Runs option haggling with the client at address `client` (attachments are per client).
+/// `Ok(None)`: the client aborted.
 pub async fn negotiate<S>(
     stream: &mut S,
     gateway: &Gateway,
+    client: &str,
 ) -> Result<Option<Chosen>, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -50,7 +52,7 @@ where
         stream.read_exact(&mut data).await?;
         match option {
             OPT_EXPORT_NAME => {
-                return export_name(stream, gateway, &data, no_zeroes)
+                return export_name(stream, gateway, client, &data, no_zeroes)
                     .await
                     .map(Some);
             }
@@ -60,7 +62,7 @@ where
             }
             OPT_LIST => list(stream, gateway, &data).await?,
             OPT_INFO | OPT_GO => {
-                if let Some(chosen) = info(stream, gateway, option, &data).await? {
+                if let Some(chosen) = info(stream, gateway, client, option, &data).await? {
                     return Ok(Some(chosen));
                 }
             }
@@ -113,6 +115,7 @@ async fn open(gateway: &Gateway, export: &str) -> Result<(Arc<Volume>, Access), 
 /// Attaches a volume opened for writing; nothing for one that is only read.
 async fn attach(
     gateway: &Gateway,
+    client: &str,
     export: &str,
     volume: &Volume,
     access: Access,
@@ -122,12 +125,14 @@ async fn attach(
     }
     let name = Access::parse(export).0;
     let shared = access == Access::Shared;
-    gateway.attachments().attach(name, shared).await.map(Some)
+    let attachments = gateway.attachments();
+    attachments.attach(name, client, shared).await.map(Some)
 }
 
 async fn export_name<S>(
     stream: &mut S,
     gateway: &Gateway,
+    client: &str,
     data: &[u8],
     no_zeroes: bool,
 ) -> Result<Chosen, HandshakeError>
@@ -138,7 +143,7 @@ where
     let (volume, access) = open(gateway, &name)
         .await
         .map_err(|_| HandshakeError::UnknownExport(name.clone()))?;
-    let attachment = attach(gateway, &name, &volume, access)
+    let attachment = attach(gateway, client, &name, &volume, access)
         .await
         .map_err(|e| HandshakeError::Refused(name.clone(), e))?;
     let (size, flags) = export_info(&volume, access);
@@ -187,6 +192,7 @@ async fn list<S: AsyncWrite + Unpin>(
 async fn info<S>(
     stream: &mut S,
     gateway: &Gateway,
+    client: &str,
     option: u32,
     data: &[u8],
 ) -> io::Result<Option<Chosen>>
@@ -212,7 +218,7 @@ where
         return Ok(None);
     };
     let attachment = if option == OPT_GO {
-        match attach(gateway, &request.name, &volume, access).await {
+        match attach(gateway, client, &request.name, &volume, access).await {
             Ok(attachment) => attachment,
             Err(e) => {
                 tracing::warn!(export = %request.name, error = %e, "refused an NBD client");

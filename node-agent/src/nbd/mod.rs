@@ -50,7 +50,9 @@ async fn connection<S>(mut stream: S, gateway: Arc<Gateway>, metrics: Arc<Metric
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let chosen = match handshake::negotiate(&mut stream, &gateway).await {
+    // A client is its address without the port: its connections share one attachment.
+    let client = peer.rsplit_once(':').map_or(peer.as_str(), |(ip, _)| ip);
+    let chosen = match handshake::negotiate(&mut stream, &gateway, client).await {
         Ok(Some(chosen)) => chosen,
         Ok(None) => return,
         Err(e) => {
