@@ -175,6 +175,13 @@ impl Lab {
         fs.cut()
     }
 
+    /// Makes the next `count` fsyncs on node `id`'s lazyfs fail, as a failing disk's do.
+    pub fn fail_fsyncs(&mut self, id: u16, count: u64) {
+        let fs = self.nodes[id as usize].power.as_mut();
+        fs.expect("the lab runs on lazyfs (Lab::start_on)")
+            .fail_fsyncs(count);
+    }
+
     /// kill -9 node `id`, as a crash would.
     pub fn kill9(&mut self, id: u16) {
         if let Some(mut child) = self.nodes[id as usize].child.take() {

@@ -680,6 +680,18 @@ impl PowerCutFs {
         self.wait_line(&format!("cut {} ", self.cuts))
     }
 
+    /// Makes the next `count` fsyncs fail with EIO, each dropping its file's unsynced writes,
+    /// as a failing disk does on Linux.
+    pub fn fail_fsyncs(&mut self, count: u64) {
+        use std::io::Write;
+        let mut control = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.path().join("control"))
+            .unwrap();
+        writeln!(control, "fail-fsync {count}").unwrap();
+        self.wait_line(&format!("fail-fsync {count}"));
+    }
+
     /// `lazyfs`'s log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("lazyfs.log")).unwrap_or_default()

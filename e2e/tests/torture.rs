@@ -365,11 +365,12 @@ fn seeded_fault_schedules_lose_nothing_and_leave_replicas_agreeing() {
                 .ok()
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(4);
-            // A fixed set by default, so that a CI run is repeatable: seeds 1 to 4, none of
-            // which draws lazyfs. Schedules with power cuts still fail now and then (replicas
-            // of one object left disagreeing, seed 1796166395000; a lost block once with
-            // seed 6): an open bug of issue 9. `make torture` draws new seeds from the clock
-            // (SHEEPDOG_TORTURE_RANDOM=1), power cuts included.
+            // A fixed set by default, so that a CI run is repeatable: seeds 1 to 4 (none of
+            // them draws lazyfs) and two schedules with power cuts that once failed: seed
+            // 1796166395000 (a whole-cluster cut left the copies of one object disagreeing at
+            // equal versions) and seed 6 (one node's cut lost a block). Both came from
+            // start-up repair keeping the version of a write whose bytes the cut had lost.
+            // `make torture` draws new seeds from the clock (SHEEPDOG_TORTURE_RANDOM=1).
             let base = match std::env::var_os("SHEEPDOG_TORTURE_RANDOM") {
                 Some(_) => std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -377,7 +378,11 @@ fn seeded_fault_schedules_lose_nothing_and_leave_replicas_agreeing() {
                     .as_secs(),
                 None => 0,
             };
-            (1..=count).map(|i| base * 1000 + i).collect()
+            let mut seeds: Vec<u64> = (1..=count).map(|i| base * 1000 + i).collect();
+            if base == 0 && std::env::var_os("SHEEPDOG_TORTURE_SCHEDULES").is_none() {
+                seeds.extend([6, 1_796_166_395_000]);
+            }
+            seeds
         }
     };
     let mut failures = Vec::new();

@@ -53,6 +53,8 @@ struct State {
     recovered: HashMap<String, u64>,
     /// Named locks (the metadata lock, volume attachments).
     locks: Leases,
+    /// The newest fencing token issued or reported by a node (see [`next_token`]).
+    fence: u32,
     /// Vids of deleted volumes, never to be used again; persisted.
     retired: VidFile,
     /// Vids that stopped being working volumes: their data never changes again; persisted.
@@ -164,6 +166,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         heartbeats,
         recovered: HashMap::new(),
         locks: Leases::default(),
+        fence: 0,
         retired,
         sealed,
         reported_epoch: 0,
@@ -192,6 +195,16 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         .context("coordinator gRPC server failed")
 }
 
+/// The fencing token after `newest`: above it, and at least the clock in seconds, so a
+/// coordinator that restarted and has not yet heard any node's newest token still issues newer
+/// ones (tokens run ahead of the clock only past one grant a second).
+fn next_token(newest: u32) -> u32 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32);
+    newest.saturating_add(1).max(now)
+}
+
 #[tonic::async_trait]
 impl CoordinatorService for Coordinator {
     async fn heartbeat(
@@ -209,6 +222,7 @@ impl CoordinatorService for Coordinator {
         let mut state = self.state.lock().unwrap();
         let at_ms = state.now_ms();
         state.reported_epoch = state.reported_epoch.max(req.epoch);
+        state.fence = state.fence.max(req.fence);
         state.recovered.insert(node.id.clone(), req.recovered_epoch);
         state
             .heartbeats
@@ -220,6 +234,7 @@ impl CoordinatorService for Coordinator {
             failure_timeout_ms: state.membership.failure_timeout_ms,
             retired_vids: state.retired.list(),
             sealed_vids: state.sealed.list(),
+            fence: state.fence,
         }))
     }
 
@@ -235,17 +250,27 @@ impl CoordinatorService for Coordinator {
             .locks
             .acquire(&req.name, &req.holder, req.shared, now, until);
         Ok(Response::new(match granted {
-            Ok(()) => LockResponse {
-                granted: true,
-                holder: String::new(),
-                retired_vids: state.retired.list(),
-                sealed_vids: state.sealed.list(),
-            },
+            Ok(new) => {
+                let token = if new && req.fenced {
+                    state.fence = next_token(state.fence);
+                    state.fence
+                } else {
+                    0
+                };
+                LockResponse {
+                    granted: true,
+                    holder: String::new(),
+                    retired_vids: state.retired.list(),
+                    sealed_vids: state.sealed.list(),
+                    token,
+                }
+            }
             Err(holder) => LockResponse {
                 granted: false,
                 holder,
                 retired_vids: Vec::new(),
                 sealed_vids: Vec::new(),
+                token: 0,
             },
         }))
     }
@@ -338,5 +363,24 @@ impl VidFile {
         })?;
         self.vids = next;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_token;
+
+    #[test]
+    fn fencing_tokens_only_grow_and_keep_up_with_the_clock() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as u32;
+        assert!(
+            next_token(0) >= now,
+            "a restarted coordinator starts near the clock"
+        );
+        assert_eq!(next_token(now + 100), now + 101);
+        assert_eq!(next_token(u32::MAX), u32::MAX);
     }
 }

@@ -21,6 +21,7 @@ struct Lease {
 impl Leases {
     /// Grants or renews `name` to `holder` until `until` (ms), shared or exclusive, or
     /// returns a holder that keeps it from being granted. A sole holder may change its mode.
+    /// `Ok(true)`: a new hold, `Ok(false)`: a renewal.
     pub fn acquire(
         &mut self,
         name: &str,
@@ -28,7 +29,7 @@ impl Leases {
         shared: bool,
         now: u64,
         until: u64,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let lease = self.held.entry(name.to_owned()).or_insert_with(|| Lease {
             shared,
             holders: HashMap::new(),
@@ -40,8 +41,7 @@ impl Leases {
             Some(_) => {}
             None => lease.shared = shared,
         }
-        lease.holders.insert(holder.to_owned(), until);
-        Ok(())
+        Ok(lease.holders.insert(holder.to_owned(), until).is_none())
     }
 
     /// Ends `holder`'s hold on `name`, if it has one.
@@ -73,21 +73,29 @@ mod tests {
     #[test]
     fn an_exclusive_lease_has_one_holder_until_it_expires_or_is_released() {
         let mut leases = Leases::default();
-        assert_eq!(leases.acquire("v", "a", false, 0, 100), Ok(()));
+        assert_eq!(leases.acquire("v", "a", false, 0, 100), Ok(true));
         assert_eq!(leases.acquire("v", "b", false, 50, 150), Err("a".into()));
         assert_eq!(leases.acquire("v", "b", true, 50, 150), Err("a".into()));
-        assert_eq!(leases.acquire("v", "a", false, 60, 160), Ok(()), "renewal");
+        assert_eq!(
+            leases.acquire("v", "a", false, 60, 160),
+            Ok(false),
+            "renewal"
+        );
         assert_eq!(leases.acquire("v", "b", false, 120, 220), Err("a".into()));
-        assert_eq!(leases.acquire("v", "b", false, 160, 260), Ok(()), "expired");
+        assert_eq!(
+            leases.acquire("v", "b", false, 160, 260),
+            Ok(true),
+            "expired"
+        );
         leases.release("v", "b");
-        assert_eq!(leases.acquire("v", "c", false, 170, 270), Ok(()));
+        assert_eq!(leases.acquire("v", "c", false, 170, 270), Ok(true));
     }
 
     #[test]
     fn shared_holders_exclude_exclusive_ones_and_the_reverse() {
         let mut leases = Leases::default();
-        assert_eq!(leases.acquire("v", "a", true, 0, 100), Ok(()));
-        assert_eq!(leases.acquire("v", "b", true, 0, 100), Ok(()));
+        assert_eq!(leases.acquire("v", "a", true, 0, 100), Ok(true));
+        assert_eq!(leases.acquire("v", "b", true, 0, 100), Ok(true));
         assert!(leases.acquire("v", "c", false, 0, 100).is_err());
         assert!(
             leases.acquire("v", "a", false, 0, 100).is_err(),
@@ -96,13 +104,13 @@ mod tests {
         leases.release("v", "b");
         assert_eq!(
             leases.acquire("v", "a", false, 0, 100),
-            Ok(()),
+            Ok(false),
             "sole holder"
         );
         assert!(leases.acquire("v", "b", true, 0, 100).is_err());
         assert_eq!(
             leases.acquire("w", "b", false, 0, 100),
-            Ok(()),
+            Ok(true),
             "another name"
         );
     }
@@ -114,7 +122,7 @@ mod tests {
         leases.acquire("w", "node1/8", true, 0, 100).unwrap();
         leases.acquire("w", "node2/1", true, 0, 100).unwrap();
         leases.release_holders("node1/");
-        assert_eq!(leases.acquire("v", "node2/2", false, 1, 100), Ok(()));
+        assert_eq!(leases.acquire("v", "node2/2", false, 1, 100), Ok(true));
         assert!(
             leases.acquire("w", "node3/1", false, 1, 100).is_err(),
             "node2 shares w"

@@ -39,9 +39,11 @@ const INLINE_MAX: usize = 64 << 10;
 /// One change to an object, at a version.
 #[derive(Debug, Clone)]
 pub enum Mutation {
+    /// `fence`: the metadata lock's fencing token of a commit write (0: not one).
     Write {
         offset: u64,
         data: bytes::Bytes,
+        fence: u32,
     },
     Zero {
         offset: u64,
@@ -58,7 +60,7 @@ impl Mutation {
     fn touches_part_of_a_block(&self) -> bool {
         let bs = u64::from(sheepdog_model::BLOCK_SIZE);
         let (offset, len) = match self {
-            Self::Write { offset, data } => (*offset, data.len() as u64),
+            Self::Write { offset, data, .. } => (*offset, data.len() as u64),
             Self::Zero { offset, len } => (*offset, *len),
             Self::Remove { .. } => return false,
         };
@@ -133,17 +135,28 @@ impl Local {
                 ),
             });
         }
+        if let Mutation::Write { fence, .. } = change
+            && fence > 0
+            && let Err(newest) = self.view.admit_fence(fence)
+        {
+            return Err(ReplicaError::Fenced {
+                node: self.node.clone(),
+                message: format!(
+                    "its fencing token {fence} is older than {newest}: another gateway took the metadata lock since; the operation stopped, run it again"
+                ),
+            });
+        }
         if change.touches_part_of_a_block() {
             self.recovery.before_io(epoch, oid).await?;
         }
         let _gate = self.gate.read().await;
         self.check_epoch(epoch)?;
         match change {
-            Mutation::Write { offset, data } if !fua && data.len() <= INLINE_MAX => self
+            Mutation::Write { offset, data, .. } if !fua && data.len() <= INLINE_MAX => self
                 .store
                 .write(oid, spec, offset, &data, version, false)
                 .map_err(|e| ReplicaError::from_store(&self.node, &e)),
-            Mutation::Write { offset, data } => {
+            Mutation::Write { offset, data, .. } => {
                 self.blocking(move |s| s.write(oid, spec, offset, &data, version, fua))
                     .await
             }

@@ -73,7 +73,7 @@ fn status(err: GatewayError) -> Status {
             ReplicaError::DiskFull { .. } => tonic::Code::ResourceExhausted,
             ReplicaError::Invalid { .. } => tonic::Code::OutOfRange,
             ReplicaError::Failed { .. } => tonic::Code::Internal,
-            ReplicaError::Sealed { .. } => tonic::Code::Aborted,
+            ReplicaError::Sealed { .. } | ReplicaError::Fenced { .. } => tonic::Code::Aborted,
         },
         GatewayError::Task(_) => tonic::Code::Internal,
         GatewayError::Store(e) => match e {

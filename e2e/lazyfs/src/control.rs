@@ -1,6 +1,8 @@
 //! The power switch and the stop button: SIGUSR1, or a `cut` line written to the control FIFO,
 //! cuts the power; `cut torn SEED` cuts it after writing back a seeded half of the unsynced
-//! pages ([`State::cut_torn`]); SIGTERM and SIGINT stop `lazyfs` with a clean unmount.
+//! pages ([`State::cut_torn`]); `fail-fsync COUNT` makes the next COUNT fsyncs fail as a
+//! failing disk's do ([`State::fail_fsyncs`], answered `fail-fsync COUNT`); SIGTERM and
+//! SIGINT stop `lazyfs` with a clean unmount.
 //!
 //! Each cut prints one line on standard output once it is complete, for scripts to wait on:
 //! `cut N files=F bytes=B undone=U handles=H kept=K` (the Nth cut dropped B unsynced bytes of
@@ -62,9 +64,19 @@ fn command(state: &Mutex<State>, line: &str) {
         ["cut", "torn", seed] if seed.parse::<u64>().is_ok() => {
             cut(state, seed.parse().ok());
         }
+        ["fail-fsync", count] if count.parse::<u64>().is_ok() => {
+            let count = count.parse().unwrap_or_default();
+            state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .fail_fsyncs(count);
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "fail-fsync {count}");
+            let _ = out.flush();
+        }
         _ => tracing::warn!(
             command = line,
-            "unknown control command (known: cut, cut torn SEED)"
+            "unknown control command (known: cut, cut torn SEED, fail-fsync COUNT)"
         ),
     }
 }

@@ -126,6 +126,8 @@ pub struct State {
     journal: Journal,
     trash: Trash,
     cuts: u64,
+    /// How many of the next fsyncs fail (see [`State::fail_fsyncs`]).
+    failing_fsyncs: u64,
 }
 
 impl State {
@@ -146,6 +148,7 @@ impl State {
             journal: Journal::new(model),
             trash,
             cuts: 0,
+            failing_fsyncs: 0,
         })
     }
 
@@ -430,9 +433,26 @@ impl State {
         Ok(())
     }
 
+    /// Makes the next `count` fsyncs of files fail as a disk's write-back error does on Linux:
+    /// the call returns EIO and the file's unsynced changes are gone (the kernel marks the
+    /// pages clean), so a retry succeeds without writing them.
+    pub fn fail_fsyncs(&mut self, count: u64) {
+        self.failing_fsyncs = count;
+    }
+
     /// fsync/fdatasync: the file's unsynced changes go to the backing file, which is synced.
     pub fn fsync(&mut self, handle: u64, datasync: bool) -> io::Result<()> {
+        let failing = self.failing_fsyncs > 0;
         let open = self.handle_mut(handle)?;
+        if failing {
+            open.overlay = Overlay::new(open.file.metadata()?.len());
+            self.failing_fsyncs -= 1;
+            tracing::info!(
+                handle,
+                "failed an fsync (injected): its unsynced changes are dropped"
+            );
+            return Err(errno(libc::EIO));
+        }
         if !open.overlay.is_clean() {
             open.overlay.apply(&mut FileBacking(&open.file))?;
             open.overlay = Overlay::new(open.overlay.size());

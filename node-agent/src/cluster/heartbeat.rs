@@ -49,6 +49,7 @@ pub async fn run(
             node: Some(MapNode::from(&me)),
             recovered_epoch: recovered.load(Ordering::Acquire),
             epoch: view.epoch(),
+            fence: view.fence(),
         };
         match client.heartbeat(req).await {
             Ok(resp) => {
@@ -62,6 +63,7 @@ pub async fn run(
                 // sealed before it serves again. Before the map: recovery of a new epoch must
                 // already skip retired vids.
                 view.sealed.add(&resp.sealed_vids);
+                let _ = view.admit_fence(resp.fence);
                 view.retired.add(&resp.retired_vids);
                 // Stop serving well before the others give up on this node.
                 view.renew_lease(sent, timeout.mul_f64(0.6));

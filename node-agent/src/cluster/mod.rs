@@ -94,6 +94,9 @@ pub struct ClusterView {
     /// Vids that stopped being a working volume (snapshots, rolled back, deleted): nothing may
     /// change their data objects any more, except garbage collection.
     pub sealed: VidSet,
+    /// The newest fencing token seen, from a commit write or from the coordinator: commit
+    /// writes with older ones are refused (see `Local::change`).
+    fence: std::sync::atomic::AtomicU32,
 }
 
 impl ClusterView {
@@ -123,6 +126,7 @@ impl ClusterView {
             departed: Mutex::default(),
             retired: VidSet::default(),
             sealed: VidSet::default(),
+            fence: Default::default(),
         };
         view.persist(&map)?;
         Ok(view)
@@ -130,6 +134,21 @@ impl ClusterView {
 
     pub fn self_id(&self) -> &str {
         &self.self_id
+    }
+
+    /// The newest fencing token seen.
+    pub fn fence(&self) -> u32 {
+        self.fence.load(Ordering::Acquire)
+    }
+
+    /// Admits a commit write carrying fencing token `token`: refused (`Err(newest)`) if a
+    /// newer token was seen, else the token becomes the newest seen.
+    pub fn admit_fence(&self, token: u32) -> Result<(), u32> {
+        let newest = self.fence.fetch_max(token, Ordering::AcqRel);
+        if token < newest {
+            return Err(newest);
+        }
+        Ok(())
     }
 
     pub fn current(&self) -> Arc<Epoch> {
@@ -272,4 +291,21 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod fence_tests {
+    use super::*;
+
+    #[test]
+    fn commit_writes_with_an_older_fencing_token_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = ClusterMap::new(1, Vec::new());
+        let view = ClusterView::open(dir.path(), "n0".into(), map, true).unwrap();
+        assert_eq!(view.admit_fence(10), Ok(()));
+        assert_eq!(view.admit_fence(10), Ok(()), "the holder's next commit");
+        assert_eq!(view.admit_fence(12), Ok(()), "a newer holder");
+        assert_eq!(view.admit_fence(10), Err(12), "the old holder, after it");
+        assert_eq!(view.fence(), 12);
+    }
 }

@@ -191,6 +191,7 @@ impl Attachments {
             holder: holder.clone(),
             ttl_ms: TTL.as_millis() as u64,
             shared,
+            fenced: false,
         };
         let deadline = Instant::now() + WAIT;
         let other = loop {
@@ -202,7 +203,7 @@ impl Attachments {
                     local.acquire(&req.name, &holder, shared, now, until)
                 }
                 Some(client) => match client.clone().lock(req.clone()).await {
-                    Ok(resp) if resp.get_ref().granted => Ok(()),
+                    Ok(resp) if resp.get_ref().granted => Ok(true),
                     Ok(resp) => Err(resp.into_inner().holder),
                     Err(status) => {
                         return Err(GatewayError::TimedOut {
@@ -213,7 +214,7 @@ impl Attachments {
                 },
             };
             match answer {
-                Ok(()) => break None,
+                Ok(_) => break None,
                 Err(other) if Instant::now() >= deadline => break Some(other),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }

@@ -3,13 +3,18 @@
 //! dies holding it blocks nobody for long, and renewed every third of it while the operation
 //! runs, so a long one (a delete freeing many objects) keeps it. An operation checks it still
 //! holds the lock before each commit point ([`MetadataLock::check`]) and stops if it lost it.
+//! Each grant carries a *fencing token*, newer than any before; the operation's commit writes
+//! carry it ([`MetadataLock::token`]), and a node that has seen a newer one (in a write, or
+//! from the coordinator's heartbeat) refuses them. So a holder that stalled past the time
+//! limit between its check and its write (a paused process, a long GC) cannot commit over the
+//! gateway that took the lock after it.
 //! A node without a coordinator is its own cluster and needs only its local lock.
 
 use super::{GatewayError, Result};
 use sheepdog_api::v1::coordinator_service_client::CoordinatorServiceClient;
 use sheepdog_api::v1::{LockRequest, RetireVidsRequest, SealVidsRequest, UnlockRequest};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
@@ -25,6 +30,8 @@ pub struct MetadataLock {
     holder: String,
     /// Set by the renewal of the lock held now when it could not keep it.
     lost: Arc<AtomicBool>,
+    /// The fencing token of the grant held now (0: none, or a node without a coordinator).
+    token: AtomicU32,
 }
 
 /// Held while a metadata operation runs; release it with [`MetadataLock::release`].
@@ -44,6 +51,7 @@ impl MetadataLock {
             coordinator,
             holder: holder.to_owned(),
             lost: Arc::default(),
+            token: AtomicU32::new(0),
         }
     }
 
@@ -76,6 +84,7 @@ impl MetadataLock {
                 Ok(resp) if resp.get_ref().granted => {
                     let resp = resp.into_inner();
                     self.lost.store(false, Ordering::Release);
+                    self.token.store(resp.token, Ordering::Release);
                     let renewal = tokio::spawn(renew(
                         client.clone(),
                         req_for(&self.holder),
@@ -122,8 +131,14 @@ impl MetadataLock {
         done.map_err(|status| coordinator_failed("sealing the vids of replaced volumes", &status))
     }
 
+    /// The fencing token for the commit writes of the operation holding the lock.
+    pub fn token(&self) -> u32 {
+        self.token.load(Ordering::Acquire)
+    }
+
     /// Releases the cluster-wide lock (the local one goes with `held`).
     pub async fn release(&self, held: Held<'_>) {
+        self.token.store(0, Ordering::Release);
         if let Some(renewal) = &held.renewal {
             renewal.abort();
         }
@@ -158,6 +173,7 @@ fn req_for(holder: &str) -> LockRequest {
         holder: holder.to_owned(),
         ttl_ms: TTL.as_millis() as u64,
         shared: false,
+        fenced: true,
     }
 }
 

@@ -188,6 +188,7 @@ impl Gateway {
     /// The volume called `name` (or the snapshot `name@tag`), with its inode freshly read
     /// from its replicas (another gateway may have written to it).
     pub async fn open_volume(&self, name: &str) -> Result<Arc<Volume>> {
+        self.replicas.check_local_disk()?;
         if let Some((name, tag)) = name.split_once('@') {
             return self.open_snapshot(name, tag).await;
         }

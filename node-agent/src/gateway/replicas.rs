@@ -20,10 +20,12 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// One operation on one object.
 #[derive(Debug, Clone)]
 enum Op {
+    /// `fence`: the metadata lock's fencing token of a commit write (0: not one).
     Write {
         offset: u64,
         data: Bytes,
         fua: bool,
+        fence: u32,
     },
     Zero {
         offset: u64,
@@ -209,7 +211,8 @@ impl Replicas {
                     Err(
                         e @ (ReplicaError::Invalid { .. }
                         | ReplicaError::DiskFull { .. }
-                        | ReplicaError::Sealed { .. }),
+                        | ReplicaError::Sealed { .. }
+                        | ReplicaError::Fenced { .. }),
                     ) => {
                         return Err(e.into());
                     }
@@ -225,6 +228,12 @@ impl Replicas {
         }
     }
 
+    /// Fails at once when this node's data disk failed: it serves nothing, and a client
+    /// should be told so rather than wait for replicas it cannot be admitted to.
+    pub fn check_local_disk(&self) -> Result<()> {
+        Ok(self.local.store.check_health()?)
+    }
+
     pub async fn write(
         &self,
         oid: ObjectId,
@@ -233,8 +242,27 @@ impl Replicas {
         data: Bytes,
         fua: bool,
     ) -> Result<()> {
-        self.mutate(oid, spec, Op::Write { offset, data, fua })
-            .await
+        self.write_fenced(oid, spec, offset, data, fua, 0).await
+    }
+
+    /// A commit write of a metadata operation, carrying the metadata lock's fencing token:
+    /// refused by any replica that saw a newer token (another gateway took the lock since).
+    pub async fn write_fenced(
+        &self,
+        oid: ObjectId,
+        spec: ObjectSpec,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        fence: u32,
+    ) -> Result<()> {
+        let op = Op::Write {
+            offset,
+            data,
+            fua,
+            fence,
+        };
+        self.mutate(oid, spec, op).await
     }
 
     pub async fn zero(
@@ -369,7 +397,8 @@ impl Replicas {
                         e @ (ReplicaError::Corrupt { .. }
                         | ReplicaError::DiskFull { .. }
                         | ReplicaError::Invalid { .. }
-                        | ReplicaError::Sealed { .. }),
+                        | ReplicaError::Sealed { .. }
+                        | ReplicaError::Fenced { .. }),
                     ) => {
                         return Err(e.into());
                     }
@@ -416,7 +445,19 @@ impl Replicas {
         let e = epoch.epoch();
         if node.id == self.self_id() {
             let (mutation, fua) = match op.clone() {
-                Op::Write { offset, data, fua } => (Mutation::Write { offset, data }, fua),
+                Op::Write {
+                    offset,
+                    data,
+                    fua,
+                    fence,
+                } => (
+                    Mutation::Write {
+                        offset,
+                        data,
+                        fence,
+                    },
+                    fua,
+                ),
                 Op::Zero { offset, len, fua } => (Mutation::Zero { offset, len }, fua),
                 Op::Remove { garbage } => (Mutation::Remove { garbage }, false),
                 Op::PutIfAbsent { data } => {
@@ -434,9 +475,14 @@ impl Replicas {
             return Ok(applied.newer);
         }
         match op.clone() {
-            Op::Write { offset, data, fua } => {
+            Op::Write {
+                offset,
+                data,
+                fua,
+                fence,
+            } => {
                 self.peers
-                    .write(node, e, oid, spec, offset, data, version, fua)
+                    .write(node, e, oid, spec, offset, data, version, fua, fence)
                     .await
             }
             Op::Zero { offset, len, fua } => {

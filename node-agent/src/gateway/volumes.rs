@@ -159,23 +159,26 @@ impl Gateway {
         Ok((old, new))
     }
 
-    /// Writes the whole inode, header and data table, durably: for a new inode.
+    /// Writes the whole inode, header and data table, durably: for a new inode. A commit
+    /// point, fenced by the metadata lock's token.
     pub(super) async fn store_inode(&self, inode: &Inode) -> Result<()> {
         let oid = ObjectId::inode(inode.vid);
-        let bytes = bytes::Bytes::from(inode.encode());
+        let (bytes, fence) = (bytes::Bytes::from(inode.encode()), self.metadata.token());
         self.replicas
-            .write(oid, inode_spec(inode.copies), 0, bytes, true)
+            .write_fenced(oid, inode_spec(inode.copies), 0, bytes, true, fence)
             .await
     }
 
     /// Writes only the inode's header, durably: the data table on disk is the truth for the
-    /// entries, which gateways update one at a time.
+    /// entries, which gateways update one at a time. A commit point, fenced by the metadata
+    /// lock's token.
     pub(super) async fn store_inode_header(&self, inode: &Inode) -> Result<()> {
         let oid = ObjectId::inode(inode.vid);
         let mut header = vec![0u8; inode::HEADER_LEN];
         inode.encode_header(&mut header);
+        let (spec, fence) = (inode_spec(inode.copies), self.metadata.token());
         self.replicas
-            .write(oid, inode_spec(inode.copies), 0, header.into(), true)
+            .write_fenced(oid, spec, 0, header.into(), true, fence)
             .await
     }
 

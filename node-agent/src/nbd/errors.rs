@@ -41,7 +41,8 @@ fn replica_errno(err: &ReplicaError, writes: bool) -> u32 {
         | ReplicaError::Unreachable { .. }
         | ReplicaError::Corrupt { .. }
         | ReplicaError::Failed { .. }
-        | ReplicaError::Sealed { .. } => EIO,
+        | ReplicaError::Sealed { .. }
+        | ReplicaError::Fenced { .. } => EIO,
     }
 }
 

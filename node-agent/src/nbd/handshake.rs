@@ -209,13 +209,20 @@ where
         .await?;
         return Ok(None);
     };
-    let Ok((volume, access)) = open(gateway, &request.name).await else {
-        let msg = format!(
-            "no volume named {:?}; `dog vdi list` shows the volumes",
-            request.name
-        );
-        reply_error(stream, option, REP_ERR_UNKNOWN, &msg).await?;
-        return Ok(None);
+    let (volume, access) = match open(gateway, &request.name).await {
+        Ok(opened) => opened,
+        Err(e @ GatewayError::Store(_)) => {
+            reply_error(stream, option, REP_ERR_POLICY, &e.to_string()).await?;
+            return Ok(None);
+        }
+        Err(_) => {
+            let msg = format!(
+                "no volume named {:?}; `dog vdi list` shows the volumes",
+                request.name
+            );
+            reply_error(stream, option, REP_ERR_UNKNOWN, &msg).await?;
+            return Ok(None);
+        }
     };
     let attachment = if option == OPT_GO {
         match attach(gateway, client, &request.name, &volume, access).await {

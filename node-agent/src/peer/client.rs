@@ -110,6 +110,7 @@ impl Peers {
             offset,
             capacity: 0,
             length,
+            fence: 0,
             version: 0,
         };
         let (data, _) = self.frame(node, request, &Bytes::new()).await?;
@@ -128,6 +129,7 @@ impl Peers {
         data: Bytes,
         version: u64,
         fua: bool,
+        fence: u32,
     ) -> Reply<Option<u64>> {
         let request = Request {
             op: Op::Write,
@@ -139,6 +141,7 @@ impl Peers {
             offset,
             capacity: spec.capacity,
             length: data.len() as u32,
+            fence,
             version,
         };
         let (_, newer) = self.frame(node, request, &data).await?;
@@ -227,6 +230,7 @@ impl Peers {
             offset: 0,
             capacity: 0,
             length: 0,
+            fence: 0,
             version: 0,
         };
         self.frame(node, request, &Bytes::new()).await.map(drop)

@@ -18,6 +18,7 @@
 //! | 32     | 8    | offset in the object                       |
 //! | 40     | 8    | capacity (writes that create the object)   |
 //! | 48     | 4    | length: bytes to read, or of data that follows |
+//! | 52     | 4    | fencing token of a metadata commit write (0: none) |
 //! | 56     | 8    | version of a write (the gateway's version clock) |
 //!
 //! Reply, 40 bytes, then `length` bytes: the data of a read, or an error message.
@@ -61,6 +62,8 @@ pub struct Request {
     pub offset: u64,
     pub capacity: u64,
     pub length: u32,
+    /// The metadata lock's fencing token, for a commit write; 0 for any other.
+    pub fence: u32,
     pub version: u64,
 }
 
@@ -76,6 +79,8 @@ pub enum Status {
     Failed = 6,
     /// The object belongs to a vid that is no longer a working volume.
     Sealed = 7,
+    /// A commit write with a fencing token older than one the node has seen.
+    Fenced = 8,
 }
 
 /// A reply header.
@@ -112,6 +117,7 @@ impl Request {
         b[32..40].copy_from_slice(&self.offset.to_le_bytes());
         b[40..48].copy_from_slice(&self.capacity.to_le_bytes());
         b[48..52].copy_from_slice(&self.length.to_le_bytes());
+        b[52..56].copy_from_slice(&self.fence.to_le_bytes());
         b[56..64].copy_from_slice(&self.version.to_le_bytes());
         b
     }
@@ -140,6 +146,7 @@ impl Request {
             offset: u64_at(b, 32),
             capacity: u64_at(b, 40),
             length,
+            fence: u32_at(b, 52),
             version: u64_at(b, 56),
         })
     }
@@ -170,6 +177,7 @@ impl Reply {
             5 => Status::Invalid,
             6 => Status::Failed,
             7 => Status::Sealed,
+            8 => Status::Fenced,
             other => return Err(FrameError::Kind(other)),
         };
         let length = u32_at(b, 24);
@@ -197,6 +205,7 @@ impl Status {
             ReplicaError::Invalid { .. } => Self::Invalid,
             ReplicaError::Failed { .. } => Self::Failed,
             ReplicaError::Sealed { .. } => Self::Sealed,
+            ReplicaError::Fenced { .. } => Self::Fenced,
         }
     }
 
@@ -218,6 +227,7 @@ impl Status {
             Self::Invalid => ReplicaError::Invalid { node, message },
             Self::Failed => ReplicaError::Failed { node, message },
             Self::Sealed => ReplicaError::Sealed { node, message },
+            Self::Fenced => ReplicaError::Fenced { node, message },
         })
     }
 }
@@ -238,16 +248,16 @@ mod tests {
     proptest! {
         #[test]
         fn requests_round_trip(op in 1u8..=3, fua: bool, copies: u8, id: u64, epoch: u64, oid: u64,
-                               offset: u64, capacity: u64, length in 0u32..=(MAX_MESSAGE as u32), version: u64) {
+                               offset: u64, capacity: u64, length in 0u32..=(MAX_MESSAGE as u32), fence: u32, version: u64) {
             let req = Request {
                 op: match op { 1 => Op::Read, 2 => Op::Write, _ => Op::Flush },
-                fua, copies, id, epoch, oid, offset, capacity, length, version,
+                fua, copies, id, epoch, oid, offset, capacity, length, fence, version,
             };
             prop_assert_eq!(Request::decode(&req.encode()), Ok(req));
         }
 
         #[test]
-        fn replies_round_trip(status in 0u8..=7, id: u64, epoch: u64, length in 0u32..=(MAX_MESSAGE as u32), newer: u64) {
+        fn replies_round_trip(status in 0u8..=8, id: u64, epoch: u64, length in 0u32..=(MAX_MESSAGE as u32), newer: u64) {
             let mut bytes = Reply { status: Status::Ok, id, epoch, length, newer }.encode();
             bytes[4] = status;
             let reply = Reply::decode(&bytes).unwrap();
@@ -274,6 +284,7 @@ mod tests {
             offset: 0,
             capacity: 0,
             length: 4096,
+            fence: 0,
             version: 0,
         }
         .encode();

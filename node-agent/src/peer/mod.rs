@@ -39,6 +39,8 @@ pub enum ReplicaError {
     Failed { node: String, message: String },
     #[error("node {node} refused the change: {message}")]
     Sealed { node: String, message: String },
+    #[error("node {node} refused a metadata commit: {message}")]
+    Fenced { node: String, message: String },
 }
 
 impl ReplicaError {
@@ -82,6 +84,7 @@ impl ReplicaError {
             Self::Invalid { .. } => tonic::Status::invalid_argument(message),
             Self::Failed { .. } => tonic::Status::internal(message),
             Self::Sealed { .. } => tonic::Status::aborted(message),
+            Self::Fenced { .. } => tonic::Status::permission_denied(message),
         }
     }
 
@@ -113,10 +116,10 @@ impl ReplicaError {
                 Self::Invalid { node, message }
             }
             tonic::Code::Aborted => Self::Sealed { node, message },
+            tonic::Code::PermissionDenied => Self::Fenced { node, message },
             tonic::Code::Ok
             | tonic::Code::NotFound
             | tonic::Code::AlreadyExists
-            | tonic::Code::PermissionDenied
             | tonic::Code::Unimplemented
             | tonic::Code::Internal
             | tonic::Code::Unauthenticated => Self::Failed { node, message },

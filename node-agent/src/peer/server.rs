@@ -64,6 +64,7 @@ impl PeerApi {
         let change = Mutation::Write {
             offset: req.offset,
             data,
+            fence: req.fence,
         };
         let applied = self
             .local

@@ -357,7 +357,11 @@ impl ObjectStore {
             path: self.dir.clone(),
             source,
         };
-        self.dirty.lock().unwrap().checkpoint().map_err(sync_err)
+        let checkpoint = self.dirty.lock().unwrap().checkpoint();
+        checkpoint.map_err(|source| {
+            self.fail(&source);
+            sync_err(source)
+        })
     }
 
     /// Whether `oid` is stored here with data (not removed).
@@ -399,7 +403,8 @@ impl ObjectStore {
         Ok(usage)
     }
 
-    fn check_health(&self) -> Result<()> {
+    /// Fails once an fsync failed: the node serves nothing from then on.
+    pub fn check_health(&self) -> Result<()> {
         if self.has_failed() {
             return Err(StoreError::DiskFailed {
                 path: self.dir.clone(),
@@ -597,11 +602,12 @@ impl ObjectStore {
         let oid = obj.header.oid;
         let snapshot =
             || read_table(obj, 0, obj.header.blocks()).map_err(|e| io::Error::other(e.to_string()));
-        self.dirty
-            .lock()
-            .unwrap()
-            .mark(oid, snapshot)
-            .map_err(|source| io_error(oid, source))
+        let marked = self.dirty.lock().unwrap().mark(oid, snapshot);
+        marked.map_err(|source| {
+            // The log's fdatasync failed (or the write before it): as final as any fsync.
+            self.fail(&source);
+            io_error(oid, source)
+        })
     }
 
     fn sync_object(&self, obj: &ObjectFile) -> Result<()> {
