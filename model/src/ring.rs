@@ -4,8 +4,8 @@
 //! [`MIN_VNODES`]..=[`MAX_VNODES`]) at positions `xxh3(node id, k)`. The count depends only on
 //! the node's own weight, never on the rest of the map, so adding or removing a node moves only
 //! the arcs that node gains or loses (about 1/N of the objects). An object's replica set is the
-//! first `copies` distinct nodes met clockwise from `xxh3(oid)`; when the map has at least
-//! `copies` distinct zones, nodes in a zone already chosen are skipped too.
+//! first `copies` distinct nodes met clockwise from `xxh3(oid)`, spread over as many zones as
+//! the map has: a node in a zone already chosen is skipped until every zone has a copy.
 //!
 //! The function is pure: every node computes the same replica set from the same map.
 
@@ -64,24 +64,31 @@ impl Ring {
         self.replicas_at(object_position(oid), copies)
     }
 
-    /// Replica set of whatever hashes to `position`.
+    /// Replica set of whatever hashes to `position`: walking the ring from it, nodes in as
+    /// many distinct zones as there are (a node whose zone is already chosen is skipped), then,
+    /// with fewer zones than copies, the next nodes not chosen yet.
     fn replicas_at(&self, position: u64, copies: usize) -> Vec<usize> {
         let want = copies.min(self.zones.len());
-        let distinct_zones = self.zone_count >= want;
         let mut chosen: Vec<usize> = Vec::with_capacity(want);
         if want == 0 {
             return chosen;
         }
         let start = self.points.partition_point(|&(pos, _)| pos < position);
-        for step in 0..self.points.len() {
-            let node = self.points[(start + step) % self.points.len()].1 as usize;
-            let taken = chosen
-                .iter()
-                .any(|&c| c == node || (distinct_zones && self.zones[c] == self.zones[node]));
-            if !taken {
-                chosen.push(node);
+        let ring = (0..self.points.len())
+            .map(|step| self.points[(start + step) % self.points.len()].1 as usize);
+        for distinct_zones in [true, false] {
+            for node in ring.clone() {
                 if chosen.len() == want {
-                    break;
+                    return chosen;
+                }
+                if distinct_zones && chosen.len() == self.zone_count {
+                    break; // every zone has a copy: the rest go anywhere
+                }
+                let taken = chosen
+                    .iter()
+                    .any(|&c| c == node || (distinct_zones && self.zones[c] == self.zones[node]));
+                if !taken {
+                    chosen.push(node);
                 }
             }
         }

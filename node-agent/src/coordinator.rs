@@ -55,6 +55,9 @@ struct State {
     locks: Leases,
     /// The newest fencing token issued or reported by a node (see [`next_token`]).
     fence: u32,
+    /// Whether this coordinator restarted with maps of an earlier run: its locks are gone,
+    /// so for half a lock's time limit it grants only renewals (see `LockRequest.renewal`).
+    restarted: bool,
     /// Vids of deleted volumes, never to be used again; persisted.
     retired: VidFile,
     /// Vids that stopped being working volumes: their data never changes again; persisted.
@@ -72,6 +75,17 @@ struct State {
 impl State {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Refuses a commit of a metadata operation whose lock was granted again since.
+    fn admit_token(&self, token: u32) -> Result<(), Status> {
+        if token != 0 && token < self.fence {
+            return Err(Status::aborted(format!(
+                "fencing token {token} is older than {}: another gateway took the metadata lock since; the operation stopped, run it again",
+                self.fence
+            )));
+        }
+        Ok(())
     }
 
     /// Applies the membership function; persists and records a new map.
@@ -159,6 +173,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     } else {
         0
     };
+    let restarted = !history.is_empty();
     let state = State {
         membership,
         map,
@@ -167,6 +182,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         recovered: HashMap::new(),
         locks: Leases::default(),
         fence: 0,
+        restarted,
         retired,
         sealed,
         reported_epoch: 0,
@@ -245,17 +261,39 @@ impl CoordinatorService for Coordinator {
         }
         let mut state = self.state.lock().unwrap();
         let now = state.now_ms();
-        let until = now + req.ttl_ms.clamp(1_000, 120_000);
+        let ttl = req.ttl_ms.clamp(1_000, 120_000);
+        let until = now + ttl;
+        // Holders renew every third of their time limit: half of it lets every live one
+        // renew before a newcomer can take its lock.
+        if state.restarted && !req.renewal && now < ttl / 2 {
+            return Ok(Response::new(LockResponse {
+                granted: false,
+                holder: format!(
+                    "nobody known yet: the coordinator restarted {} ms ago and lets holders renew first",
+                    now
+                ),
+                retired_vids: Vec::new(),
+                sealed_vids: Vec::new(),
+                token: 0,
+                restarting: true,
+            }));
+        }
         let granted = state
             .locks
             .acquire(&req.name, &req.holder, req.shared, now, until);
         Ok(Response::new(match granted {
             Ok(new) => {
-                let token = if new && req.fenced {
-                    state.fence = next_token(state.fence);
-                    state.fence
-                } else {
-                    0
+                let token = match (new, req.fenced) {
+                    // A holder renewing after a restart keeps its token while it is newest.
+                    (true, true) if req.renewal && req.token >= state.fence => {
+                        state.fence = req.token;
+                        req.token
+                    }
+                    (true, true) => {
+                        state.fence = next_token(state.fence);
+                        state.fence
+                    }
+                    _ => 0,
                 };
                 LockResponse {
                     granted: true,
@@ -263,6 +301,7 @@ impl CoordinatorService for Coordinator {
                     retired_vids: state.retired.list(),
                     sealed_vids: state.sealed.list(),
                     token,
+                    restarting: false,
                 }
             }
             Err(holder) => LockResponse {
@@ -271,6 +310,7 @@ impl CoordinatorService for Coordinator {
                 retired_vids: Vec::new(),
                 sealed_vids: Vec::new(),
                 token: 0,
+                restarting: false,
             },
         }))
     }
@@ -280,6 +320,11 @@ impl CoordinatorService for Coordinator {
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
         let req = req.into_inner();
+        if req.holder_prefix && req.holder.is_empty() {
+            return Err(Status::invalid_argument(
+                "releasing by holder prefix needs a non-empty prefix",
+            ));
+        }
         let mut state = self.state.lock().unwrap();
         if req.holder_prefix {
             state.locks.release_holders(&req.holder);
@@ -293,8 +338,10 @@ impl CoordinatorService for Coordinator {
         &self,
         req: Request<RetireVidsRequest>,
     ) -> Result<Response<RetireVidsResponse>, Status> {
-        let vids = req.into_inner().vids;
+        let req = req.into_inner();
         let mut state = self.state.lock().unwrap();
+        state.admit_token(req.token)?;
+        let vids = req.vids;
         if state.retired.add(&vids)? {
             tracing::info!(vids = ?vids, "retired vids of deleted volumes");
         }
@@ -305,8 +352,10 @@ impl CoordinatorService for Coordinator {
         &self,
         req: Request<SealVidsRequest>,
     ) -> Result<Response<SealVidsResponse>, Status> {
-        let vids = req.into_inner().vids;
+        let req = req.into_inner();
         let mut state = self.state.lock().unwrap();
+        state.admit_token(req.token)?;
+        let vids = req.vids;
         if state.sealed.add(&vids)? {
             tracing::info!(vids = ?vids, "sealed vids that stopped being working volumes");
         }

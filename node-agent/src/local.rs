@@ -53,10 +53,19 @@ pub enum Mutation {
     /// volume's objects, the one change allowed on a sealed vid.
     Remove {
         garbage: bool,
+        fence: u32,
     },
 }
 
 impl Mutation {
+    /// The metadata lock's fencing token a commit carries (0: not a commit).
+    fn fence(&self) -> u32 {
+        match self {
+            Self::Write { fence, .. } | Self::Remove { fence, .. } => *fence,
+            Self::Zero { .. } => 0,
+        }
+    }
+
     fn touches_part_of_a_block(&self) -> bool {
         let bs = u64::from(sheepdog_model::BLOCK_SIZE);
         let (offset, len) = match self {
@@ -125,7 +134,7 @@ impl Local {
             }
             return Err(self.invalid(format!("object {oid} belongs to a deleted volume")));
         }
-        let garbage = matches!(change, Mutation::Remove { garbage: true });
+        let garbage = matches!(change, Mutation::Remove { garbage: true, .. });
         if !oid.is_inode() && !garbage && self.view.sealed.contains(oid.vid()) {
             return Err(ReplicaError::Sealed {
                 node: self.node.clone(),
@@ -135,8 +144,8 @@ impl Local {
                 ),
             });
         }
-        if let Mutation::Write { fence, .. } = change
-            && fence > 0
+        let fence = change.fence();
+        if fence > 0
             && let Err(newest) = self.view.admit_fence(fence)
         {
             return Err(ReplicaError::Fenced {

@@ -194,6 +194,11 @@ impl VolumeService for VolumeApi {
         &self,
         req: Request<v1::WriteVolumeRequest>,
     ) -> Result<Response<v1::WriteVolumeResponse>, Status> {
+        // `dog vdi write` is a writer like any other: refused while another client has the
+        // volume attached, and attached itself for the time of the write.
+        let client = req
+            .remote_addr()
+            .map_or_else(|| "grpc".to_owned(), |a| format!("grpc-{}", a.ip()));
         let req = req.into_inner();
         if req.data.len() as u64 > MAX_IO {
             return Err(invalid(format!(
@@ -202,6 +207,11 @@ impl VolumeService for VolumeApi {
             )));
         }
         let vol = self.gateway.open_volume(&req.name).await.map_err(status)?;
+        let attachments = self.gateway.attachments();
+        let _attached = attachments
+            .attach(&req.name, &client, false)
+            .await
+            .map_err(status)?;
         self.gateway
             .write(&vol, req.offset, req.data, false)
             .await

@@ -33,6 +33,9 @@ pub const TTL: Duration = Duration::from_secs(15);
 /// How long an attach waits for a lease another client holds: a client that just left
 /// releases it a moment after its connection closed.
 const WAIT: Duration = Duration::from_secs(3);
+/// How long an attach waits for a coordinator that just restarted to let the holders of its
+/// lost leases renew them (half their time limit).
+const RESTART_WAIT: Duration = Duration::from_secs(10);
 
 /// How a client opens a volume: the export name `NAME`, `NAME/shared` or `NAME/readonly`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,9 @@ pub struct Attachments {
     node: String,
     /// The attachments held here, by lease name and holder.
     held: Mutex<HashMap<(String, String), Held>>,
+    /// Orders this gateway's lock and unlock requests, so that a client attaching again
+    /// right after its last connection closed is not undone by that connection's release.
+    ordered: tokio::sync::Mutex<()>,
 }
 
 /// One client's attachment of one volume, shared by its connections.
@@ -104,26 +110,16 @@ impl Drop for Attachment {
             if entry.connections > 0 {
                 return;
             }
-            if let Some(renewal) = held.remove(&self.key).and_then(|e| e.renewal) {
-                renewal.abort();
-            }
         }
-        let (name, holder) = self.key.clone();
-        let Some(client) = self.owner.coordinator.clone() else {
-            self.owner.local.lock().unwrap().release(&name, &holder);
+        let (owner, key) = (self.owner.clone(), self.key.clone());
+        if owner.coordinator.is_none() {
+            if owner.take_unused(&key) {
+                owner.local.lock().unwrap().release(&key.0, &key.1);
+            }
             return;
-        };
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let req = UnlockRequest {
-                    name,
-                    holder,
-                    holder_prefix: false,
-                };
-                if let Err(status) = client.clone().unlock(req).await {
-                    tracing::warn!(error = %status.message(), "cannot release a volume attachment; it expires by itself");
-                }
-            });
+            runtime.spawn(async move { owner.release(key).await });
         }
     }
 }
@@ -145,6 +141,7 @@ impl Attachments {
             local: Mutex::default(),
             node: format!("{node}/"),
             held: Mutex::default(),
+            ordered: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -167,7 +164,40 @@ impl Attachments {
         }
     }
 
-    /// Attaches volume `name` for `client` (its address), exclusively or shared.
+    /// Forgets `key`'s attachment if no connection uses it; whether it did.
+    fn take_unused(&self, key: &(String, String)) -> bool {
+        let mut held = self.held.lock().unwrap();
+        if held.get(key).is_none_or(|e| e.connections != 0) {
+            return false;
+        }
+        if let Some(renewal) = held.remove(key).and_then(|e| e.renewal) {
+            renewal.abort();
+        }
+        true
+    }
+
+    /// Releases `key`'s lease on the coordinator, unless a connection took it again.
+    async fn release(&self, key: (String, String)) {
+        let _ordered = self.ordered.lock().await;
+        let Some(client) = &self.coordinator else {
+            return;
+        };
+        if !self.take_unused(&key) {
+            return;
+        }
+        let (name, holder) = key;
+        let req = UnlockRequest {
+            name,
+            holder,
+            holder_prefix: false,
+        };
+        if let Err(status) = client.clone().unlock(req).await {
+            tracing::warn!(error = %status.message(), "cannot release a volume attachment; it expires by itself");
+        }
+    }
+
+    /// Attaches volume `name` for `client` (who it is: its address, or its process on the unix
+    /// socket), exclusively or shared.
     pub async fn attach(
         self: &Arc<Self>,
         name: &str,
@@ -177,74 +207,85 @@ impl Attachments {
         let mode = if shared { "shared" } else { "exclusive" };
         let holder = format!("{}{client}/{mode}", self.node);
         let key = (lease_name(name), holder.clone());
-        if let Some(entry) = self.held.lock().unwrap().get_mut(&key) {
-            entry.connections += 1;
-            return Ok(Attachment {
-                name: name.to_owned(),
-                key,
-                lost: entry.lost.clone(),
-                owner: self.clone(),
-            });
-        }
         let req = LockRequest {
             name: lease_name(name),
             holder: holder.clone(),
             ttl_ms: TTL.as_millis() as u64,
             shared,
             fenced: false,
+            renewal: false,
+            token: 0,
         };
-        let deadline = Instant::now() + WAIT;
-        let other = loop {
-            let answer = match &self.coordinator {
-                None => {
-                    let now = now_ms();
-                    let until = now + TTL.as_millis() as u64;
-                    let mut local = self.local.lock().unwrap();
-                    local.acquire(&req.name, &holder, shared, now, until)
+        let attachment = |lost: Arc<AtomicBool>| Attachment {
+            name: name.to_owned(),
+            key: key.clone(),
+            lost,
+            owner: self.clone(),
+        };
+        let started = Instant::now();
+        let mut deadline = started + WAIT;
+        loop {
+            let answer = {
+                let _ordered = self.ordered.lock().await;
+                if let Some(entry) = self.held.lock().unwrap().get_mut(&key) {
+                    // The client's other connection, or its last one a moment ago.
+                    entry.connections += 1;
+                    return Ok(attachment(entry.lost.clone()));
                 }
-                Some(client) => match client.clone().lock(req.clone()).await {
-                    Ok(resp) if resp.get_ref().granted => Ok(true),
-                    Ok(resp) => Err(resp.into_inner().holder),
-                    Err(status) => {
-                        return Err(GatewayError::TimedOut {
-                            what: format!("attaching volume {name:?}"),
-                            reason: format!("the coordinator: {}", status.message()),
-                        });
-                    }
-                },
+                let answer = match &self.coordinator {
+                    // A standalone node renews nothing: its leases last while they are held.
+                    None => self.local.lock().unwrap().acquire(
+                        &req.name,
+                        &holder,
+                        shared,
+                        now_ms(),
+                        u64::MAX,
+                    ),
+                    Some(client) => match client.clone().lock(req.clone()).await {
+                        Ok(resp) if resp.get_ref().granted => Ok(true),
+                        Ok(resp) if resp.get_ref().restarting => {
+                            deadline = deadline.max(started + RESTART_WAIT);
+                            Err(resp.into_inner().holder)
+                        }
+                        Ok(resp) => Err(resp.into_inner().holder),
+                        Err(status) => {
+                            return Err(GatewayError::TimedOut {
+                                what: format!("attaching volume {name:?}"),
+                                reason: format!("the coordinator: {}", status.message()),
+                            });
+                        }
+                    },
+                };
+                if answer.is_ok() {
+                    let lost = Arc::new(AtomicBool::new(false));
+                    let renewing = LockRequest {
+                        renewal: true,
+                        ..req.clone()
+                    };
+                    let renewal = self
+                        .coordinator
+                        .clone()
+                        .map(|client| tokio::spawn(renew(client, renewing, lost.clone())));
+                    let entry = Held {
+                        connections: 1,
+                        lost: lost.clone(),
+                        renewal,
+                    };
+                    self.held.lock().unwrap().insert(key.clone(), entry);
+                    return Ok(attachment(lost));
+                }
+                answer
             };
             match answer {
-                Ok(_) => break None,
-                Err(other) if Instant::now() >= deadline => break Some(other),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(holder) if Instant::now() >= deadline => {
+                    return Err(GatewayError::Attached {
+                        name: name.to_owned(),
+                        holder,
+                    });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
-        };
-        if let Some(holder) = other {
-            return Err(GatewayError::Attached {
-                name: name.to_owned(),
-                holder,
-            });
         }
-        let mut held = self.held.lock().unwrap();
-        let entry = held.entry(key.clone()).or_insert_with(|| {
-            let lost = Arc::new(AtomicBool::new(false));
-            let renewal = self
-                .coordinator
-                .clone()
-                .map(|client| tokio::spawn(renew(client, req, lost.clone())));
-            Held {
-                connections: 0,
-                lost,
-                renewal,
-            }
-        });
-        entry.connections += 1;
-        Ok(Attachment {
-            name: name.to_owned(),
-            key,
-            lost: entry.lost.clone(),
-            owner: self.clone(),
-        })
     }
 }
 

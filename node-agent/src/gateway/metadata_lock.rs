@@ -85,11 +85,12 @@ impl MetadataLock {
                     let resp = resp.into_inner();
                     self.lost.store(false, Ordering::Release);
                     self.token.store(resp.token, Ordering::Release);
-                    let renewal = tokio::spawn(renew(
-                        client.clone(),
-                        req_for(&self.holder),
-                        self.lost.clone(),
-                    ));
+                    let renewing = LockRequest {
+                        renewal: true,
+                        token: resp.token,
+                        ..req_for(&self.holder)
+                    };
+                    let renewal = tokio::spawn(renew(client.clone(), renewing, self.lost.clone()));
                     return Ok(Held {
                         _local: local,
                         renewal: Some(renewal),
@@ -113,6 +114,7 @@ impl MetadataLock {
         };
         let req = RetireVidsRequest {
             vids: vids.to_vec(),
+            token: self.token(),
         };
         let done = client.clone().retire_vids(req).await.map(drop);
         done.map_err(|status| coordinator_failed("retiring the vids of deleted volumes", &status))
@@ -126,6 +128,7 @@ impl MetadataLock {
         };
         let req = SealVidsRequest {
             vids: vids.to_vec(),
+            token: self.token(),
         };
         let done = client.clone().seal_vids(req).await.map(drop);
         done.map_err(|status| coordinator_failed("sealing the vids of replaced volumes", &status))
@@ -174,6 +177,8 @@ fn req_for(holder: &str) -> LockRequest {
         ttl_ms: TTL.as_millis() as u64,
         shared: false,
         fenced: true,
+        renewal: false,
+        token: 0,
     }
 }
 
@@ -188,7 +193,18 @@ async fn renew(
     loop {
         tokio::time::sleep(TTL / 3).await;
         match client.lock(req.clone()).await {
-            Ok(resp) if resp.get_ref().granted => renewed = Instant::now(),
+            Ok(resp)
+                if resp.get_ref().granted && [0, req.token].contains(&resp.get_ref().token) =>
+            {
+                renewed = Instant::now()
+            }
+            Ok(resp) if resp.get_ref().granted => {
+                // Granted anew with a newer token: the lock had expired, and the operation's
+                // commits would be fenced anyway.
+                tracing::error!("the metadata lock expired while the operation ran; it stops");
+                lost.store(true, Ordering::Release);
+                return;
+            }
             Ok(resp) => {
                 tracing::error!(holder = %resp.into_inner().holder, "the metadata lock was taken by another gateway");
                 lost.store(true, Ordering::Release);

@@ -36,6 +36,7 @@ enum Op {
     /// objects (allowed on sealed vids).
     Remove {
         garbage: bool,
+        fence: u32,
     },
     /// A copy-on-write copy: created at the copy version (`store::COPY_VERSION`) where absent, left alone where present.
     PutIfAbsent {
@@ -278,12 +279,21 @@ impl Replicas {
 
     /// Removes an object: every replica keeps a tombstone that refuses older changes.
     pub async fn remove(&self, oid: ObjectId, spec: ObjectSpec) -> Result<()> {
-        self.mutate(oid, spec, Op::Remove { garbage: false }).await
+        let op = Op::Remove {
+            garbage: false,
+            fence: 0,
+        };
+        self.mutate(oid, spec, op).await
     }
 
-    /// Removes an object of a deleted volume that nothing reads any more.
-    pub async fn collect(&self, oid: ObjectId, spec: ObjectSpec) -> Result<()> {
-        self.mutate(oid, spec, Op::Remove { garbage: true }).await
+    /// Removes an object of a deleted volume that nothing reads any more, under the metadata
+    /// lock's fencing token `fence`.
+    pub async fn collect(&self, oid: ObjectId, spec: ObjectSpec, fence: u32) -> Result<()> {
+        let op = Op::Remove {
+            garbage: true,
+            fence,
+        };
+        self.mutate(oid, spec, op).await
     }
 
     /// Creates `oid` holding `data` at the copy version on every replica that has no copy of it: the
@@ -459,7 +469,7 @@ impl Replicas {
                     fua,
                 ),
                 Op::Zero { offset, len, fua } => (Mutation::Zero { offset, len }, fua),
-                Op::Remove { garbage } => (Mutation::Remove { garbage }, false),
+                Op::Remove { garbage, fence } => (Mutation::Remove { garbage, fence }, false),
                 Op::PutIfAbsent { data } => {
                     return self
                         .local
@@ -490,9 +500,9 @@ impl Replicas {
                     .zero(node, e, oid, spec, offset, len, version, fua)
                     .await
             }
-            Op::Remove { garbage } => {
+            Op::Remove { garbage, fence } => {
                 self.peers
-                    .remove(node, e, oid, spec, version, garbage)
+                    .remove(node, e, oid, spec, version, garbage, fence)
                     .await
             }
             Op::PutIfAbsent { data } => self

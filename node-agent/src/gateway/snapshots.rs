@@ -306,12 +306,15 @@ impl Gateway {
                 capacity: u64::from(i.object_size),
                 copies: i.copies,
             });
-            self.replicas.collect(oid, spec).await?;
+            self.replicas
+                .collect(oid, spec, self.metadata.token())
+                .await?;
         }
         for &vid in &garbage.inodes {
             if let Some(inode) = dir.get(vid) {
+                let (oid, spec) = (ObjectId::inode(vid), inode_spec(inode.copies));
                 self.replicas
-                    .remove(ObjectId::inode(vid), inode_spec(inode.copies))
+                    .collect(oid, spec, self.metadata.token())
                     .await?;
             }
         }

@@ -34,12 +34,10 @@ pub async fn serve_unix(listener: UnixListener, gateway: Arc<Gateway>, metrics: 
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(
-                    stream,
-                    gateway.clone(),
-                    metrics.clone(),
-                    "unix".into(),
-                ));
+                // A process is a client here: every local client shares one address.
+                let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+                let client = pid.map_or_else(|| "unix".to_owned(), |pid| format!("unix-pid{pid}"));
+                tokio::spawn(connection(stream, gateway.clone(), metrics.clone(), client));
             }
             Err(e) => tracing::warn!(error = %e, "cannot accept an NBD connection"),
         }
@@ -50,8 +48,12 @@ async fn connection<S>(mut stream: S, gateway: Arc<Gateway>, metrics: Arc<Metric
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // A client is its address without the port: its connections share one attachment.
-    let client = peer.rsplit_once(':').map_or(peer.as_str(), |(ip, _)| ip);
+    // A client is its address without the port (or its process, on the unix socket): its
+    // connections share one attachment.
+    let client = match peer.rsplit_once(':') {
+        Some((ip, port)) if port.parse::<u16>().is_ok() => ip,
+        _ => peer.as_str(),
+    };
     let chosen = match handshake::negotiate(&mut stream, &gateway, client).await {
         Ok(Some(chosen)) => chosen,
         Ok(None) => return,

@@ -183,6 +183,7 @@ impl Peers {
         spec: ObjectSpec,
         version: u64,
         garbage: bool,
+        fence: u32,
     ) -> Reply<Option<u64>> {
         let req = v1::RemoveObjectRequest {
             epoch,
@@ -192,6 +193,7 @@ impl Peers {
             copies: u32::from(spec.copies),
             fua: false,
             garbage,
+            fence,
         };
         let newer = answer(node, self.client(node)?.remove_object(req).await)?.newer;
         Ok((newer != 0).then_some(newer))

@@ -157,6 +157,7 @@ impl PeerService for PeerApi {
                 spec,
                 Mutation::Remove {
                     garbage: req.garbage,
+                    fence: req.fence,
                 },
                 req.version,
                 req.fua,

@@ -95,9 +95,10 @@ impl DirtyLog {
             end,
             pending: leftover.iter().cloned().collect(),
         };
-        if !current_format {
-            // New, or version 1: start a version-2 file holding the leftovers.
-            log.rewrite(newest + 1)?;
+        if !current_format || end < bytes.len() as u64 {
+            // New, version 1, or ending in a torn entry: start a fresh version-2 file holding
+            // the leftovers, so that no entry past the tear can count again later.
+            log.rewrite(newest.max(generation) + 1)?;
         }
         Ok((log, leftover))
     }
@@ -145,6 +146,11 @@ impl DirtyLog {
             let bytes = entry(generation, oid, table);
             self.file.write_all_at(&bytes, at)?;
             at += bytes.len() as u64;
+        }
+        if at > self.end {
+            // The new generation's entries are on disk before the header names it: a cut
+            // that kept the header without them would leave their objects unlisted.
+            self.file.sync_data()?;
         }
         self.file.write_all_at(&header(generation), 0)?;
         self.generation = generation;

@@ -171,6 +171,7 @@ impl ObjectStore {
 
     /// Reads `buf.len()` bytes at `offset` of `oid`; a missing object reads as zeros.
     pub fn read(&self, oid: ObjectId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_health()?;
         let _guard = self.lock(oid).read().unwrap();
         match self.object(oid)? {
             None => buf.fill(0),
@@ -343,6 +344,10 @@ impl ObjectStore {
         let _serial = self.flush_lock.lock().unwrap();
         let pending = self.dirty.lock().unwrap().take_pending();
         for &oid in pending.keys() {
+            // A change logged before the take may still be between its log entry and its
+            // pwrites (it holds the object's lock across both): wait for it, so the sync
+            // covers it. Changes that start later log the object anew.
+            let _settled = self.lock(oid).read().unwrap();
             let synced = self.object(oid).and_then(|obj| match obj {
                 Some(obj) => self.sync_object(&obj),
                 None => Ok(()),
@@ -550,6 +555,7 @@ impl ObjectStore {
 
     /// A whole copy of `oid`, tombstones included, every block verified.
     pub fn get(&self, oid: ObjectId) -> Result<Option<Copy>> {
+        self.check_health()?;
         let _guard = self.lock(oid).read().unwrap();
         match self.object(oid)? {
             Some(obj) => whole_copy(&obj).map(Some),
@@ -752,17 +758,30 @@ impl ObjectStore {
                     )
                 };
                 let crc = format::block_checksum(block);
-                let unchanged = before.is_some_and(|b| b == entry);
-                if crc == format::entry_crc(&table, i)
-                    && (unchanged || !format::entry_spans_pages(i))
-                {
+                let fixed = if crc == format::entry_crc(&table, i) {
+                    match before {
+                        // One page: the entry is one write's, and its data is there.
+                        _ if !format::entry_spans_pages(i) => continue,
+                        Some(b) if b == entry => continue,
+                        // Spanning two pages, the checksum can be the snapshot's with a
+                        // newer write's version: the bytes are the snapshot's, so is the
+                        // version. A newer checksum matching the data is that write's, with
+                        // its own version or the snapshot's (its version page lost, so it
+                        // was never flushed): both are safe to keep.
+                        Some(b) if crc == format::entry_crc(&b, 0) => b,
+                        Some(_) => continue,
+                        None => format::entry(block, 0),
+                    }
+                } else {
+                    match before {
+                        Some(b) if crc == format::entry_crc(&b, 0) => b,
+                        Some(b) => format::entry(block, format::entry_version(&b, 0)),
+                        None => format::entry(block, 0),
+                    }
+                };
+                if fixed == entry {
                     continue;
                 }
-                let fixed = match before {
-                    Some(b) if crc == format::entry_crc(&b, 0) => b,
-                    Some(b) => format::entry(block, format::entry_version(&b, 0)),
-                    None => format::entry(block, 0),
-                };
                 table[i * ENTRY..(i + 1) * ENTRY].copy_from_slice(&fixed);
                 repaired += 1;
             }

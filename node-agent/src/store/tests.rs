@@ -210,6 +210,29 @@ fn every_mix_of_pages_a_power_cut_keeps_repairs_to_a_version_that_loses_nothing(
     }
 }
 
+/// A write made durable by FUA, its object still in the dirty log when the node is killed
+/// (no flush checkpointed it), keeps its version through start-up repair, spanning entries
+/// included: lowering it would let a stale copy elsewhere tie with it and maybe win.
+#[test]
+fn a_durable_write_still_in_the_dirty_log_keeps_its_version() {
+    for block in [5u64, 341, 682] {
+        let (dir, store) = store();
+        let (v1, v2) = (next(), next() + 1000);
+        store
+            .write(oid(), spec(4 * MIB), block * BS, &[1u8; 4096], v1, false)
+            .unwrap();
+        store.flush().unwrap();
+        store
+            .write(oid(), spec(4 * MIB), block * BS, &[2u8; 4096], v2, true)
+            .unwrap();
+        std::mem::forget(store);
+        let store = ObjectStore::open(dir.path()).unwrap();
+        assert_eq!(read(&store, block * BS, 4096), vec![2u8; 4096]);
+        let version = store.get(oid()).unwrap().unwrap().versions[block as usize];
+        assert_eq!(version, v2, "block {block}");
+    }
+}
+
 /// Copies of an object holding different bytes at the same versions (what a repair after a
 /// power cut can leave) have different summaries, so recovery notices and merges them.
 #[test]
