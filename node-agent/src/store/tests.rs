@@ -387,7 +387,9 @@ fn flushes_during_a_merge_never_keep_the_replaced_file() {
     let (dir, store) = store();
     let store = std::sync::Arc::new(store);
     let spec1 = spec(4 * MIB);
-    store.write(oid(), spec1, 0, &[1u8; 4096], next(), false).unwrap();
+    store
+        .write(oid(), spec1, 0, &[1u8; 4096], next(), false)
+        .unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flusher = {
         let (store, stop) = (store.clone(), stop.clone());
@@ -413,7 +415,11 @@ fn flushes_during_a_merge_never_keep_the_replaced_file() {
             .write(oid(), spec1, 2 * 4096, &[byte; 4096], next(), false)
             .unwrap();
         assert_eq!(read(&store, 4096, 4096), vec![byte; 4096], "round {round}");
-        assert_eq!(read(&store, 2 * 4096, 4096), vec![byte; 4096], "round {round}");
+        assert_eq!(
+            read(&store, 2 * 4096, 4096),
+            vec![byte; 4096],
+            "round {round}"
+        );
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flusher.join().unwrap();
