@@ -193,6 +193,9 @@ class Client(threading.Thread):
                 print(f"client {self.index} on {self.uris[self.gateway]}: {e}", file=sys.stderr)
                 busy.clear()
                 pending_flush = None
+                # A FLUSH covers the writes of its own connection: those acknowledged on the
+                # broken one were never flushed (a power cut may have taken them).
+                since_flush = []
                 self.fail_over(inflight)
         try:
             self.handle.flush()
