@@ -321,18 +321,33 @@ fn a_fresh_node_keeps_flushed_writes_under_strict_posix() {
     check_volume(&after);
 }
 
-/// One trial of a torn power cut (seed `seed`) over a 4 KiB block that holds flushed bytes
-/// (0xa1 at 4096..6144) and then gets an unflushed write of its other half (0xb1 at
-/// 6144..8192). Returns qemu-io's output reading the block back, or its failure.
-fn torn_block_trial(seed: u64) -> Result<String, String> {
-    let mut fs = PowerCutFs::start_with("journal");
+/// A fresh node on lazyfs (`journal` model) with a 1-copy volume `v` of `size`: the file
+/// system, the node's data directory and log, its peer port, and the node.
+fn fresh_node_with_volume(
+    size: &str,
+) -> (
+    PowerCutFs,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    u16,
+    Sheep,
+) {
+    let fs = PowerCutFs::start_with("journal");
     let dir = fs.mount().join("node");
     fs::create_dir(&dir).unwrap();
     sync_dir(&fs.mount());
     let log = fs.scratch().join("sheep.log");
     let peer = free_ports(2);
     let sheep = Sheep::start(&dir, &log, peer, peer + 1);
-    ok(&mut sheep.dog(&["vdi", "create", "-c", "1", "v", "16M"]));
+    ok(&mut sheep.dog(&["vdi", "create", "-c", "1", "v", size]));
+    (fs, dir, log, peer, sheep)
+}
+
+/// One trial of a torn power cut (seed `seed`) over a 4 KiB block that holds flushed bytes
+/// (0xa1 at 4096..6144) and then gets an unflushed write of its other half (0xb1 at
+/// 6144..8192). Returns qemu-io's output reading the block back, or its failure.
+fn torn_block_trial(seed: u64) -> Result<String, String> {
+    let (mut fs, dir, log, peer, sheep) = fresh_node_with_volume("16M");
     let uri = sheep.uri("v");
     qemu_io(&uri, &["write -P 0xa1 0 6k", "flush"]);
     write_unflushed(&uri, 6144, 2048, 0xb1);
@@ -461,14 +476,7 @@ fn a_node_whose_fsync_fails_stops_serving_and_loses_nothing() {
 fn a_flush_answered_while_another_still_syncs_covers_its_writes() {
     require("nbdsh", "python3-libnbd");
     for round in 0..4u8 {
-        let mut fs = PowerCutFs::start_with("journal");
-        let dir = fs.mount().join("node");
-        fs::create_dir(&dir).unwrap();
-        sync_dir(&fs.mount());
-        let log = fs.scratch().join("sheep.log");
-        let peer = free_ports(2);
-        let sheep = Sheep::start(&dir, &log, peer, peer + 1);
-        ok(&mut sheep.dog(&["vdi", "create", "-c", "1", "v", "64M"]));
+        let (mut fs, dir, log, peer, sheep) = fresh_node_with_volume("64M");
         let (uri, byte) = (sheep.uri("v"), 0xb0 + round);
         let script = format!(
             "import nbd, sys, time\n\
