@@ -244,3 +244,89 @@ impl Local {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::Peers;
+    use crate::recovery::Limits;
+    use sheepdog_model::ClusterMap;
+    use std::time::Duration;
+
+    /// The epoch barrier: a write admitted at epoch 1 that has not reached the store yet holds
+    /// up `drain(2)`, so recovery at epoch 2 cannot list the object before the write lands.
+    #[test]
+    fn draining_a_new_epoch_waits_for_changes_admitted_at_the_old_one() {
+        // One blocking thread, which the test occupies: the admitted write then waits in the
+        // blocking queue, after its epoch check, for as long as the test wants.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(ObjectStore::open(&dir.path().join("objects")).unwrap());
+            let view = Arc::new(
+                ClusterView::open(dir.path(), "n0".into(), ClusterMap::new(1, vec![]), false)
+                    .unwrap(),
+            );
+            let limits = Limits {
+                concurrency: 1,
+                bandwidth: 0,
+            };
+            let peers = Arc::new(Peers::default());
+            let recovery = Arc::new(Recovery::new(view.clone(), store.clone(), peers, limits));
+            let local = Arc::new(Local::new(store.clone(), recovery.clone(), view.clone()));
+            recovery.attach(local.clone());
+
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let occupier = tokio::task::spawn_blocking(move || held.recv());
+            let oid = ObjectId::data(1, 0);
+            let spec = ObjectSpec {
+                capacity: 4 << 20,
+                copies: 1,
+            };
+            let epoch1 = view.current();
+            let write = tokio::spawn({
+                let local = local.clone();
+                async move {
+                    let data = bytes::Bytes::from(vec![7u8; 4096]);
+                    let change = Mutation::Write {
+                        offset: 0,
+                        data,
+                        fence: 0,
+                    };
+                    local.change(&epoch1, oid, spec, change, 1, true).await
+                }
+            });
+            // Admitted: it holds the gate while it waits for the store.
+            let admitted = async {
+                while local.gate.try_write().is_ok() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), admitted)
+                .await
+                .expect("a change holds the replica gate until it has landed");
+            assert!(view.adopt(ClusterMap::new(2, vec![])));
+            let drain = tokio::spawn({
+                let local = local.clone();
+                async move { local.drain(2).await }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                !drain.is_finished(),
+                "drain(2) returned while a write admitted at epoch 1 had not landed"
+            );
+            release.send(()).unwrap();
+            occupier.await.unwrap().unwrap();
+            drain.await.unwrap();
+            let mut got = vec![0u8; 4096];
+            store.read(oid, 0, &mut got).unwrap();
+            assert_eq!(got, vec![7u8; 4096], "the write landed before drain returned");
+            write.await.unwrap().expect("the write admitted at epoch 1 succeeds");
+        });
+    }
+}
