@@ -325,8 +325,15 @@ mod tests {
             drain.await.unwrap();
             let mut got = vec![0u8; 4096];
             store.read(oid, 0, &mut got).unwrap();
-            assert_eq!(got, vec![7u8; 4096], "the write landed before drain returned");
-            write.await.unwrap().expect("the write admitted at epoch 1 succeeds");
+            assert_eq!(
+                got,
+                vec![7u8; 4096],
+                "the write landed before drain returned"
+            );
+            write
+                .await
+                .unwrap()
+                .expect("the write admitted at epoch 1 succeeds");
         });
     }
 }

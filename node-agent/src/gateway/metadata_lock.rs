@@ -32,6 +32,8 @@ pub struct MetadataLock {
     lost: Arc<AtomicBool>,
     /// The fencing token of the grant held now (0: none, or a node without a coordinator).
     token: AtomicU32,
+    /// How long the lock is held at most if this holder dies.
+    ttl: Duration,
 }
 
 /// Held while a metadata operation runs; release it with [`MetadataLock::release`].
@@ -52,6 +54,7 @@ impl MetadataLock {
             holder: holder.to_owned(),
             lost: Arc::default(),
             token: AtomicU32::new(0),
+            ttl: TTL,
         }
     }
 
@@ -80,7 +83,7 @@ impl MetadataLock {
         let deadline = Instant::now() + WAIT;
         let mut last = String::from("the coordinator did not answer");
         while Instant::now() < deadline {
-            match client.clone().lock(req_for(&self.holder)).await {
+            match client.clone().lock(self.request()).await {
                 Ok(resp) if resp.get_ref().granted => {
                     let resp = resp.into_inner();
                     self.lost.store(false, Ordering::Release);
@@ -88,9 +91,10 @@ impl MetadataLock {
                     let renewing = LockRequest {
                         renewal: true,
                         token: resp.token,
-                        ..req_for(&self.holder)
+                        ..self.request()
                     };
-                    let renewal = tokio::spawn(renew(client.clone(), renewing, self.lost.clone()));
+                    let lost = self.lost.clone();
+                    let renewal = tokio::spawn(renew(client.clone(), renewing, self.ttl, lost));
                     return Ok(Held {
                         _local: local,
                         renewal: Some(renewal),
@@ -139,6 +143,18 @@ impl MetadataLock {
         self.token.load(Ordering::Acquire)
     }
 
+    fn request(&self) -> LockRequest {
+        LockRequest {
+            name: NAME.into(),
+            holder: self.holder.clone(),
+            ttl_ms: self.ttl.as_millis() as u64,
+            shared: false,
+            fenced: true,
+            renewal: false,
+            token: 0,
+        }
+    }
+
     /// Releases the cluster-wide lock (the local one goes with `held`).
     pub async fn release(&self, held: Held<'_>) {
         self.token.store(0, Ordering::Release);
@@ -170,28 +186,17 @@ pub fn coordinator_client(addr: Option<&str>) -> Option<CoordinatorServiceClient
     ))
 }
 
-fn req_for(holder: &str) -> LockRequest {
-    LockRequest {
-        name: NAME.into(),
-        holder: holder.to_owned(),
-        ttl_ms: TTL.as_millis() as u64,
-        shared: false,
-        fenced: true,
-        renewal: false,
-        token: 0,
-    }
-}
-
 /// Renews the lock every third of its time limit until aborted; sets `lost` when another
 /// holder has it or no renewal succeeded for a whole time limit.
 async fn renew(
     mut client: CoordinatorServiceClient<Channel>,
     req: LockRequest,
+    ttl: Duration,
     lost: Arc<AtomicBool>,
 ) {
     let mut renewed = Instant::now();
     loop {
-        tokio::time::sleep(TTL / 3).await;
+        tokio::time::sleep(ttl / 3).await;
         match client.lock(req.clone()).await {
             Ok(resp)
                 if resp.get_ref().granted && [0, req.token].contains(&resp.get_ref().token) =>
@@ -210,7 +215,7 @@ async fn renew(
                 lost.store(true, Ordering::Release);
                 return;
             }
-            Err(status) if renewed.elapsed() >= TTL => {
+            Err(status) if renewed.elapsed() >= ttl => {
                 tracing::error!(error = %status.message(), "cannot renew the metadata lock; it has expired");
                 lost.store(true, Ordering::Release);
                 return;
@@ -226,5 +231,146 @@ fn coordinator_failed(what: &str, status: &tonic::Status) -> GatewayError {
     GatewayError::TimedOut {
         what: what.into(),
         reason: format!("the coordinator: {}", status.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::CoordinatorConfig;
+    use sheepdog_api::v1::LockResponse;
+    use sheepdog_model::ClusterMap;
+
+    /// The shortest time limit the coordinator grants.
+    const SHORT: Duration = Duration::from_millis(1_200);
+
+    struct Running {
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+        client: CoordinatorServiceClient<Channel>,
+    }
+
+    /// A coordinator on `listen` keeping its state in `dir`, answering.
+    async fn coordinator(dir: &std::path::Path, listen: std::net::SocketAddr) -> Running {
+        let config = CoordinatorConfig {
+            dir: dir.to_owned(),
+            listen,
+            failure_timeout: Duration::from_secs(3),
+        };
+        let task = tokio::spawn(crate::coordinator::run(config));
+        let client = coordinator_client(Some(&listen.to_string())).unwrap();
+        for _ in 0..100 {
+            let probe = UnlockRequest {
+                name: "probe".into(),
+                holder: "probe".into(),
+                holder_prefix: false,
+            };
+            if client.clone().unlock(probe).await.is_ok() {
+                return Running { task, client };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the coordinator on {listen} does not answer");
+    }
+
+    fn free_port() -> std::net::SocketAddr {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap()
+    }
+
+    fn lock_for(running: &Running, holder: &str) -> MetadataLock {
+        MetadataLock {
+            ttl: SHORT,
+            ..MetadataLock::new(Some(running.client.clone()), holder)
+        }
+    }
+
+    /// What the coordinator answers another gateway asking for the lock now.
+    async fn other_asks(running: &Running) -> LockResponse {
+        let req = LockRequest {
+            holder: "other".into(),
+            ..lock_for(running, "other").request()
+        };
+        running.client.clone().lock(req).await.unwrap().into_inner()
+    }
+
+    #[tokio::test]
+    async fn a_long_operation_keeps_the_metadata_lock_past_its_time_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = coordinator(dir.path(), free_port()).await;
+        let lock = lock_for(&running, "gateway-a");
+        let held = lock.acquire().await.unwrap();
+        tokio::time::sleep(SHORT * 3).await;
+        lock.check().expect("the renewed lock is still held");
+        let other = other_asks(&running).await;
+        assert!(
+            !other.granted,
+            "another gateway got the lock three time limits in"
+        );
+        assert_eq!(other.holder, "gateway-a");
+        lock.release(held).await;
+        assert!(other_asks(&running).await.granted, "released, it is free");
+        running.task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_holder_whose_lock_was_taken_stops_before_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = coordinator(dir.path(), free_port()).await;
+        let lock = lock_for(&running, "gateway-a");
+        let held = lock.acquire().await.unwrap();
+        let first = lock.token();
+        // The lock expires under it (as if its renewals had stalled) and another takes it.
+        let expire = UnlockRequest {
+            name: NAME.into(),
+            holder: "gateway-a".into(),
+            holder_prefix: false,
+        };
+        running.client.clone().unlock(expire).await.unwrap();
+        let other = other_asks(&running).await;
+        assert!(other.granted);
+        assert!(
+            other.token > first,
+            "the new holder's token fences the old one"
+        );
+        tokio::time::sleep(SHORT).await;
+        let refused = lock.check().expect_err("the old holder must not commit");
+        assert!(
+            refused.to_string().contains("lost the metadata lock"),
+            "{refused}"
+        );
+        lock.release(held).await;
+        running.task.abort();
+    }
+
+    #[tokio::test]
+    async fn the_metadata_lock_and_its_token_survive_a_coordinator_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        // A coordinator with maps of an earlier run is a restarted one.
+        let maps = dir.path().join("maps");
+        std::fs::create_dir(&maps).unwrap();
+        crate::cluster::save_map(&maps, &ClusterMap::new(1, vec![])).unwrap();
+        let listen = free_port();
+        let running = coordinator(dir.path(), listen).await;
+        tokio::time::sleep(SHORT).await; // past the restart window of this first run
+        let lock = lock_for(&running, "gateway-a");
+        let held = lock.acquire().await.unwrap();
+        let token = lock.token();
+        running.task.abort();
+        let _ = running.task.await;
+        let running = coordinator(dir.path(), listen).await;
+        let early = other_asks(&running).await;
+        assert!(!early.granted && early.restarting, "{early:?}");
+        tokio::time::sleep(SHORT * 2).await;
+        lock.check()
+            .expect("the holder renewed its lock on the restarted coordinator");
+        assert_eq!(lock.token(), token, "and kept its token");
+        let other = other_asks(&running).await;
+        assert!(
+            !other.granted,
+            "another gateway got a lock that was renewed"
+        );
+        assert_eq!(other.holder, "gateway-a");
+        lock.release(held).await;
+        running.task.abort();
     }
 }
