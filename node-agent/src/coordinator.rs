@@ -433,3 +433,57 @@ mod tests {
         assert_eq!(next_token(u32::MAX), u32::MAX);
     }
 }
+
+/// An in-process coordinator for the unit tests of its clients (metadata lock, attachments).
+#[cfg(test)]
+pub mod testing {
+    use super::CoordinatorConfig;
+    use sheepdog_api::v1::UnlockRequest;
+    use sheepdog_api::v1::coordinator_service_client::CoordinatorServiceClient;
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::time::Duration;
+    use tonic::transport::Channel;
+
+    pub struct Running {
+        pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+        pub client: CoordinatorServiceClient<Channel>,
+    }
+
+    /// A coordinator on `listen` keeping its state in `dir`, answering.
+    pub async fn coordinator(dir: &Path, listen: SocketAddr) -> Running {
+        let config = CoordinatorConfig {
+            dir: dir.to_owned(),
+            listen,
+            failure_timeout: Duration::from_secs(3),
+        };
+        let task = tokio::spawn(super::run(config));
+        let addr = listen.to_string();
+        let client = crate::gateway::metadata_lock::coordinator_client(Some(&addr)).unwrap();
+        for _ in 0..100 {
+            let probe = UnlockRequest {
+                name: "probe".into(),
+                holder: "probe".into(),
+                holder_prefix: false,
+            };
+            if client.clone().unlock(probe).await.is_ok() {
+                return Running { task, client };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the coordinator on {listen} does not answer");
+    }
+
+    /// Marks `dir` as the directory of a coordinator that ran before: it starts as restarted.
+    pub fn ran_before(dir: &Path) {
+        let maps = dir.join("maps");
+        std::fs::create_dir_all(&maps).unwrap();
+        let map = sheepdog_model::ClusterMap::new(1, vec![]);
+        crate::cluster::save_map(&maps, &map).unwrap();
+    }
+
+    pub fn free_port() -> SocketAddr {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap()
+    }
+}

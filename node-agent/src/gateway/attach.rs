@@ -346,4 +346,75 @@ mod tests {
         assert!(attachments.attach("vm1", "10.0.0.4", false).await.is_err());
         a.check().unwrap();
     }
+
+    use crate::coordinator::testing::{Running, coordinator, free_port, ran_before};
+
+    /// What the coordinator answers another node's client asking for `vm1` now.
+    async fn other_asks(running: &Running) -> sheepdog_api::v1::LockResponse {
+        let req = LockRequest {
+            name: lease_name("vm1"),
+            holder: "n9/10.0.0.9/exclusive".into(),
+            ttl_ms: TTL.as_millis() as u64,
+            shared: false,
+            fenced: false,
+            renewal: false,
+            token: 0,
+        };
+        running.client.clone().lock(req).await.unwrap().into_inner()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_client_reconnecting_while_its_last_connection_is_released_stays_attached() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = coordinator(dir.path(), free_port()).await;
+        let attachments = Attachments::new(Some(running.client.clone()), "n0");
+        let mut connection = attachments.attach("vm1", "10.0.0.1", false).await.unwrap();
+        for round in 0..200 {
+            // The old connection closes and its release starts; the client is back at once,
+            // or a moment later.
+            drop(connection);
+            for _ in 0..round % 8 {
+                tokio::task::yield_now().await;
+            }
+            connection = attachments.attach("vm1", "10.0.0.1", false).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let other = other_asks(&running).await;
+        assert!(
+            !other.granted,
+            "a release undid the attachment of the client's new connection"
+        );
+        assert_eq!(other.holder, "n0/10.0.0.1/exclusive");
+        connection.check().unwrap();
+        drop(connection);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(other_asks(&running).await.granted, "released at the end");
+        running.task.abort();
+    }
+
+    #[tokio::test]
+    async fn an_attachment_outlives_a_coordinator_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = free_port();
+        let running = coordinator(dir.path(), listen).await;
+        let attachments = Attachments::new(Some(running.client.clone()), "n0");
+        let connection = attachments.attach("vm1", "10.0.0.1", false).await.unwrap();
+        running.task.abort();
+        let _ = running.task.await;
+        ran_before(dir.path());
+        let running = coordinator(dir.path(), listen).await;
+        let early = other_asks(&running).await;
+        assert!(!early.granted && early.restarting, "{early:?}");
+        // The holder renews every third of the time limit, before the window (half of it)
+        // closes; past the window, the lease is still the holder's.
+        tokio::time::sleep(TTL / 2 + Duration::from_millis(500)).await;
+        let other = other_asks(&running).await;
+        assert!(
+            !other.granted,
+            "a second writer attached after the coordinator restarted"
+        );
+        assert_eq!(other.holder, "n0/10.0.0.1/exclusive");
+        connection.check().unwrap();
+        running.task.abort();
+    }
 }

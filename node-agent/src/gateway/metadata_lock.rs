@@ -237,45 +237,11 @@ fn coordinator_failed(what: &str, status: &tonic::Status) -> GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coordinator::CoordinatorConfig;
+    use crate::coordinator::testing::{Running, coordinator, free_port, ran_before};
     use sheepdog_api::v1::LockResponse;
-    use sheepdog_model::ClusterMap;
 
     /// The shortest time limit the coordinator grants.
     const SHORT: Duration = Duration::from_millis(1_200);
-
-    struct Running {
-        task: tokio::task::JoinHandle<anyhow::Result<()>>,
-        client: CoordinatorServiceClient<Channel>,
-    }
-
-    /// A coordinator on `listen` keeping its state in `dir`, answering.
-    async fn coordinator(dir: &std::path::Path, listen: std::net::SocketAddr) -> Running {
-        let config = CoordinatorConfig {
-            dir: dir.to_owned(),
-            listen,
-            failure_timeout: Duration::from_secs(3),
-        };
-        let task = tokio::spawn(crate::coordinator::run(config));
-        let client = coordinator_client(Some(&listen.to_string())).unwrap();
-        for _ in 0..100 {
-            let probe = UnlockRequest {
-                name: "probe".into(),
-                holder: "probe".into(),
-                holder_prefix: false,
-            };
-            if client.clone().unlock(probe).await.is_ok() {
-                return Running { task, client };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the coordinator on {listen} does not answer");
-    }
-
-    fn free_port() -> std::net::SocketAddr {
-        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        socket.local_addr().unwrap()
-    }
 
     fn lock_for(running: &Running, holder: &str) -> MetadataLock {
         MetadataLock {
@@ -346,9 +312,7 @@ mod tests {
     async fn the_metadata_lock_and_its_token_survive_a_coordinator_restart() {
         let dir = tempfile::tempdir().unwrap();
         // A coordinator with maps of an earlier run is a restarted one.
-        let maps = dir.path().join("maps");
-        std::fs::create_dir(&maps).unwrap();
-        crate::cluster::save_map(&maps, &ClusterMap::new(1, vec![])).unwrap();
+        ran_before(dir.path());
         let listen = free_port();
         let running = coordinator(dir.path(), listen).await;
         tokio::time::sleep(SHORT).await; // past the restart window of this first run

@@ -6,7 +6,7 @@
 
 pub mod attach;
 mod io;
-mod metadata_lock;
+pub(crate) mod metadata_lock;
 mod replicas;
 mod snapshots;
 mod volumes;
