@@ -151,3 +151,41 @@ fn a_dead_gateway_s_attachment_expires() {
     );
     assert_eq!(write(&mut raw, 1, 0), 0);
 }
+
+/// Two processes on one host, both on node 0's unix socket, are two clients: the second
+/// writer is refused while the first is attached, and attaches once the first has quit.
+#[test]
+fn two_processes_on_the_unix_socket_are_two_clients() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let cluster = Cluster::start_with(3, "3s");
+    ok(&mut cluster.dog(&["vdi", "create", "vm1", "64M"]));
+    let uri = cluster.nbd_unix_uri("vm1");
+    let mut first = Command::new("qemu-io")
+        .args(["-f", "raw", &uri])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut commands = first.stdin.take().unwrap();
+    writeln!(commands, "write -P 1 0 4k").unwrap();
+    let mut output = BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("wrote") {
+        line.clear();
+        assert_ne!(
+            output.read_line(&mut line).unwrap(),
+            0,
+            "the first qemu-io ended before writing"
+        );
+    }
+    let refusal = sheepdog_e2e::qemu_io_fails(&uri, &["write -P 2 0 4k"]);
+    assert!(
+        refusal.contains("attached for writing"),
+        "a second process on the same host was let write: {refusal}"
+    );
+    writeln!(commands, "quit").unwrap();
+    drop(commands);
+    assert!(first.wait().unwrap().success());
+    sheepdog_e2e::qemu_io(&uri, &["write -P 2 0 4k", "read -P 2 0 4k"]);
+}
