@@ -575,6 +575,7 @@ impl ControllerService for Controller {
             Rpc::GetCapacity,
             Rpc::CreateDeleteSnapshot,
             Rpc::ListSnapshots,
+            Rpc::GetSnapshot,
             Rpc::CloneVolume,
             Rpc::ExpandVolume,
             Rpc::VolumeCondition,

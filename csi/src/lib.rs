@@ -3,9 +3,11 @@
 
 pub mod capabilities;
 pub mod controller;
+pub mod host;
 pub mod identity;
 pub mod ids;
 pub mod inflight;
+pub mod node;
 pub mod proto;
 pub mod server;
 pub mod sheep;

@@ -3,8 +3,10 @@
 
 use crate::controller::Controller;
 use crate::identity::Identity;
+use crate::node::Node;
 use crate::proto::csi::controller_server::ControllerServer;
 use crate::proto::csi::identity_server::IdentityServer;
+use crate::proto::csi::node_server::NodeServer;
 use crate::sheep::Sheep;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -75,9 +77,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .roles
         .controller
         .then(|| ControllerServer::new(Controller::new(sheep.clone())));
+    let node = match config.roles.node {
+        true => Some(NodeServer::new(Node::new(
+            sheep.clone(),
+            config.node_id.clone(),
+            config.state_dir.clone(),
+        )?)),
+        false => None,
+    };
     let served = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
         .add_optional_service(controller)
+        .add_optional_service(node)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown_signal(),

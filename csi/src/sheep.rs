@@ -113,6 +113,32 @@ impl Sheep {
         self.answer(&format!("cloning {source}@{tag} as {name:?}"), reply)
     }
 
+    /// Exposes `name` as a file on the sheep's host (idempotent; the size follows the volume).
+    pub async fn export_file(
+        &self,
+        name: &str,
+        shared: bool,
+        read_only: bool,
+    ) -> Reply<api::ExportedFile> {
+        let request = api::ExportFileRequest {
+            name: name.into(),
+            shared,
+            read_only,
+        };
+        let reply = self.volumes.clone().export_file(request).await;
+        let what = format!("exposing volume {name:?} as a file on this node");
+        self.answer(&what, reply)?
+            .file
+            .ok_or_else(|| Status::internal(format!("{what}: the sheep answered no file")))
+    }
+
+    pub async fn unexport_file(&self, name: &str) -> Reply<()> {
+        let request = api::UnexportFileRequest { name: name.into() };
+        let reply = self.volumes.clone().unexport_file(request).await;
+        self.answer(&format!("removing the file of volume {name:?}"), reply)
+            .map(drop)
+    }
+
     /// The sheep's answer, or its failure as the CSI status to return.
     fn answer<T>(&self, what: &str, reply: Result<tonic::Response<T>, Status>) -> Reply<T> {
         reply.map(tonic::Response::into_inner).map_err(|status| {

@@ -375,6 +375,8 @@ impl Drop for Cluster {
                 self.dir.path().to_str().unwrap(),
             ])
             .output();
+        // Volume files a killed node left mounted.
+        csi::detach_mounts_under(self.dir.path());
     }
 }
 
@@ -519,6 +521,7 @@ impl Drop for NbdSession {
 }
 
 /// A raw NBD client for malformed-input tests.
+pub mod csi;
 pub mod raw_nbd;
 
 /// Polls `check` every 200 ms until it returns `Some`, panicking with `what` after `timeout`.

@@ -3,6 +3,7 @@
 use crate::cluster::ClusterView;
 use crate::cluster::heartbeat::{self, HeartbeatConfig};
 use crate::config::SheepConfig;
+use crate::files::{self, VolumeFiles};
 use crate::freeze::Freezer;
 use crate::gateway::{Gateway, Replicas};
 use crate::local::Local;
@@ -125,8 +126,10 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         "sheep is serving"
     );
 
+    let files = Arc::new(VolumeFiles::new(gateway.clone(), files::mountpoint(&dir)));
     let volumes = VolumeServiceServer::new(VolumeApi {
         gateway: gateway.clone(),
+        files: files.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
@@ -172,6 +175,7 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         .context("gRPC server failed")?;
 
     tracing::info!("stopping: making every write durable");
+    files.unmount().await;
     store.flush()?;
     let _ = std::fs::remove_file(config.nbd_socket(&dir));
     Ok(())

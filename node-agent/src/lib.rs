@@ -10,6 +10,8 @@ pub mod coordinator;
 pub mod daemon;
 /// `dog`, the command-line client.
 pub mod dog;
+/// Volumes as files through FUSE, for loop devices (the CSI node plugin's fallback attach).
+pub mod files;
 /// Write freezes around snapshots, rollbacks and deletes.
 pub mod freeze;
 /// Volume I/O and metadata over replicated objects; every node is a gateway.

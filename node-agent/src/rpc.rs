@@ -1,5 +1,6 @@
 //! gRPC control API over the gateway: the volume and cluster services.
 
+use crate::files::FilesError;
 use crate::gateway::{Gateway, GatewayError};
 use crate::peer::ReplicaError;
 use crate::store::StoreError;
@@ -17,6 +18,7 @@ pub const MAX_MESSAGE: usize = 5 << 20;
 
 pub struct VolumeApi {
     pub gateway: Arc<Gateway>,
+    pub files: Arc<crate::files::VolumeFiles>,
 }
 
 pub struct ClusterApi {
@@ -91,6 +93,36 @@ fn status(err: GatewayError) -> Status {
     };
     tracing::warn!(code = ?code, error = %message, "gRPC request failed");
     Status::new(code, message)
+}
+
+/// The one mapping from volume file errors to gRPC status codes.
+fn files_status(err: FilesError) -> Status {
+    let code = match &err {
+        FilesError::Gateway(_) => {
+            let FilesError::Gateway(e) = err else {
+                unreachable!()
+            };
+            return status(e);
+        }
+        FilesError::Mount { .. } | FilesError::OtherAccess { .. } | FilesError::InUse { .. } => {
+            tonic::Code::FailedPrecondition
+        }
+        FilesError::NotExported { .. } => tonic::Code::NotFound,
+    };
+    let message = err.to_string();
+    tracing::warn!(code = ?code, error = %message, "gRPC request failed");
+    Status::new(code, message)
+}
+
+fn exported(file: crate::files::Exported) -> v1::ExportedFile {
+    v1::ExportedFile {
+        name: file.name,
+        path: file.path.display().to_string(),
+        size: file.size,
+        shared: file.shared,
+        read_only: file.read_only,
+        opened: file.opened,
+    }
 }
 
 fn invalid(message: String) -> Status {
@@ -259,6 +291,39 @@ impl VolumeService for VolumeApi {
             .await
             .map_err(status)?;
         Ok(Response::new(volume(&inode)))
+    }
+
+    async fn export_file(
+        &self,
+        req: Request<v1::ExportFileRequest>,
+    ) -> Result<Response<v1::ExportFileResponse>, Status> {
+        let req = req.into_inner();
+        let file = self
+            .files
+            .export(&req.name, req.shared, req.read_only)
+            .await
+            .map_err(files_status)?;
+        Ok(Response::new(v1::ExportFileResponse {
+            file: Some(exported(file)),
+        }))
+    }
+
+    async fn unexport_file(
+        &self,
+        req: Request<v1::UnexportFileRequest>,
+    ) -> Result<Response<v1::UnexportFileResponse>, Status> {
+        self.files
+            .unexport(&req.into_inner().name)
+            .map_err(files_status)?;
+        Ok(Response::new(v1::UnexportFileResponse {}))
+    }
+
+    async fn list_exported_files(
+        &self,
+        _: Request<v1::ListExportedFilesRequest>,
+    ) -> Result<Response<v1::ListExportedFilesResponse>, Status> {
+        let files = self.files.list().into_iter().map(exported).collect();
+        Ok(Response::new(v1::ListExportedFilesResponse { files }))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The NBD server: fixed newstyle, on TCP and on a unix socket; export name = volume name.
 
-mod errors;
+pub(crate) mod errors;
 mod handshake;
 pub mod proto;
 mod transmission;
