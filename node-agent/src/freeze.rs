@@ -96,6 +96,28 @@ impl Freezer {
             gate.held = Some((token, guard));
             gate.change = None;
         }
+        self.expire(vid, token, ttl);
+    }
+
+    /// Extends the freeze of `vid` by `ttl` if it is still held (the operation that froze it
+    /// runs long); returns whether it was. Never freezes a volume that is not frozen.
+    pub fn renew(self: &Arc<Self>, vid: u32, ttl: Duration) -> bool {
+        let token = self
+            .tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut gates = self.gates.lock().unwrap();
+            let Some((held, _)) = gates.get_mut(&vid).and_then(|g| g.held.as_mut()) else {
+                return false;
+            };
+            *held = token;
+        }
+        self.expire(vid, token, ttl);
+        true
+    }
+
+    /// Opens the gate of `vid` after `ttl` unless the freeze was thawed or renewed since.
+    fn expire(self: &Arc<Self>, vid: u32, token: u64, ttl: Duration) {
         let freezer = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(ttl).await;
@@ -156,5 +178,34 @@ mod tests {
         assert_eq!(freezer.enter(3).await.map(drop), Err(Change::Unknown));
         freezer.clear(3);
         assert!(freezer.enter(3).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_renewed_freeze_outlives_its_first_time_limit_and_a_late_renewal_freezes_nothing() {
+        let freezer = Arc::new(Freezer::default());
+        let ttl = Duration::from_millis(300);
+        freezer.freeze(4, ttl).await;
+        for _ in 0..4 {
+            tokio::time::sleep(ttl / 3).await;
+            assert!(freezer.renew(4, ttl), "the freeze is still held");
+        }
+        let f = freezer.clone();
+        let held = tokio::spawn(async move { f.enter(4).await.map(drop) });
+        tokio::time::sleep(ttl / 2).await;
+        assert!(
+            !held.is_finished(),
+            "writes still wait, past the first time limit"
+        );
+        freezer.thaw(4, None);
+        assert_eq!(held.await.unwrap(), Ok(()));
+        assert!(
+            !freezer.renew(4, ttl),
+            "a renewal after the thaw holds nothing"
+        );
+        let write = tokio::time::timeout(Duration::from_secs(1), freezer.enter(4)).await;
+        assert!(
+            matches!(write, Ok(Ok(_))),
+            "a late renewal must not freeze the volume"
+        );
     }
 }

@@ -128,6 +128,8 @@ pub struct Gateway {
     /// Which clients may write which volumes.
     attachments: Arc<attach::Attachments>,
     freezer: Arc<Freezer>,
+    /// The renewals of the freezes this gateway's metadata operation holds, by vid.
+    freeze_renewals: std::sync::Mutex<HashMap<u32, snapshots::FreezeRenewal>>,
     cow_locks: Vec<tokio::sync::Mutex<()>>,
     /// Set when garbage collection was put off (the view was not complete or settled).
     gc_deferred: std::sync::atomic::AtomicBool,
@@ -154,6 +156,7 @@ impl Gateway {
             metadata,
             attachments,
             freezer,
+            freeze_renewals: Default::default(),
             cow_locks: (0..COW_STRIPES).map(|_| Default::default()).collect(),
             gc_deferred: Default::default(),
         }

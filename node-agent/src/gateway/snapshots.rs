@@ -36,6 +36,16 @@ const GC_RETRY: Duration = Duration::from_secs(2);
 const FREEZE_TTL: Duration = Duration::from_secs(30);
 /// How long a metadata operation tries to freeze a volume on every node.
 const FREEZE_WAIT: Duration = Duration::from_secs(20);
+/// How long before its freezes could expire an operation still commits: the commit write's
+/// time. The freezes are renewed every third of their time limit, so this leaves 10 s.
+const FREEZE_MARGIN: Duration = Duration::from_secs(10);
+
+/// The renewal of a volume's freezes on every node while its metadata operation runs.
+pub(super) struct FreezeRenewal {
+    task: tokio::task::JoinHandle<()>,
+    /// Until when every node's freeze is known to hold.
+    held_until: Arc<std::sync::Mutex<Instant>>,
+}
 
 impl Gateway {
     /// Snapshots the working volume `name` as `tag` (empty: the next free number). Returns the
@@ -120,6 +130,7 @@ impl Gateway {
             next.generation = generation;
             next.ctime_ns = now_ns();
             next.tag.clear();
+            self.check_frozen(old_vid)?;
             self.commit(&next).await?;
             self.seal(old_vid).await;
             Ok((snapshot, next))
@@ -196,7 +207,16 @@ impl Gateway {
         if let Some(old) = old {
             self.freeze_everywhere(old).await?;
         }
-        if let Err(e) = self.commit(&next).await {
+        let committed = match old {
+            Some(old) => self.check_frozen(old),
+            None => Ok(()),
+        };
+        if let Err(e) = async {
+            committed?;
+            self.commit(&next).await
+        }
+        .await
+        {
             if let Some(old) = old {
                 self.thaw_everywhere(old, None).await;
             }
@@ -228,7 +248,11 @@ impl Gateway {
             None => {
                 let vid = dir.working(name).ok_or_else(|| no_volume(name))?.vid;
                 self.freeze_everywhere(vid).await?;
-                if let Err(e) = self.mark_deleted(&dir, vid).await {
+                let deleted = async {
+                    self.check_frozen(vid)?;
+                    self.mark_deleted(&dir, vid).await
+                };
+                if let Err(e) = deleted.await {
                     self.thaw_everywhere(vid, None).await;
                     return Err(e);
                 }
@@ -370,7 +394,8 @@ impl Gateway {
     /// retried until it answers or leaves the cluster map (then it is fenced and cannot
     /// write); if that takes too long the operation fails and the volume is thawed.
     pub(super) async fn freeze_everywhere(&self, vid: u32) -> Result<()> {
-        let deadline = Instant::now() + FREEZE_WAIT;
+        let started = Instant::now();
+        let deadline = started + FREEZE_WAIT;
         let nodes = self.replicas.view().current().map.nodes.clone();
         let mut frozen = Vec::new();
         for node in nodes {
@@ -419,10 +444,42 @@ impl Gateway {
                 }
             }
         }
+        let held_until = Arc::new(std::sync::Mutex::new(started + FREEZE_TTL));
+        let task = tokio::spawn(renew_freezes(
+            self.freezer.clone(),
+            self.replicas.peers().clone(),
+            self.replicas.view().clone(),
+            frozen,
+            vid,
+            held_until.clone(),
+        ));
+        let renewal = FreezeRenewal { task, held_until };
+        if let Some(old) = self.freeze_renewals.lock().unwrap().insert(vid, renewal) {
+            old.task.abort();
+        }
         Ok(())
     }
 
+    /// Fails unless every node's freeze of `vid` holds long enough for a commit: a freeze
+    /// that expired lets held writes go on to the old vid, which the commit would lose.
+    pub(super) fn check_frozen(&self, vid: u32) -> Result<()> {
+        let renewals = self.freeze_renewals.lock().unwrap();
+        let until = renewals.get(&vid).map(|r| *r.held_until.lock().unwrap());
+        match until {
+            Some(until) if Instant::now() + FREEZE_MARGIN < until => Ok(()),
+            _ => Err(GatewayError::TimedOut {
+                what: format!("keeping writes to vid {vid} frozen on every node"),
+                reason: "a node did not confirm its freeze in time; the operation stopped before its commit, run it again".into(),
+            }),
+        }
+    }
+
     pub(super) async fn thaw_everywhere(&self, vid: u32, change: Option<Change>) {
+        let renewal = self.freeze_renewals.lock().unwrap().remove(&vid);
+        if let Some(renewal) = renewal {
+            renewal.task.abort();
+            let _ = renewal.task.await;
+        }
         let nodes = self.replicas.view().current().map.nodes.clone();
         for node in &nodes {
             self.thaw_node(node, vid, change).await;
@@ -505,5 +562,42 @@ fn no_snapshot(name: &str, tag: &str) -> GatewayError {
     GatewayError::NoSuchSnapshot {
         name: name.to_owned(),
         tag: tag.to_owned(),
+    }
+}
+
+/// Renews `vid`'s freeze on `nodes` every third of its time limit until aborted (by the
+/// thaw), moving `held_until` on after each round every node confirmed. A node that left
+/// the map is passed over: its gateway's writes are refused by the others' epoch.
+async fn renew_freezes(
+    freezer: Arc<crate::freeze::Freezer>,
+    peers: Arc<crate::peer::Peers>,
+    view: Arc<crate::cluster::ClusterView>,
+    nodes: Vec<sheepdog_model::NodeInfo>,
+    vid: u32,
+    held_until: Arc<std::sync::Mutex<Instant>>,
+) {
+    loop {
+        tokio::time::sleep(FREEZE_TTL / 3).await;
+        let round = Instant::now();
+        let map = view.current().map.clone();
+        let mut all = true;
+        for node in nodes.iter().filter(|n| map.node(&n.id).is_some()) {
+            let held = if node.id == view.self_id() {
+                Ok(freezer.renew(vid, FREEZE_TTL))
+            } else {
+                let renew = peers.renew_freeze(node, vid, FREEZE_TTL);
+                match tokio::time::timeout(FREEZE_TTL / 3, renew).await {
+                    Ok(answer) => answer.map_err(|e| e.to_string()),
+                    Err(_) => Err("no answer".into()),
+                }
+            };
+            if !matches!(held, Ok(true)) {
+                tracing::warn!(node.id = %node.id, vdi.id = vid, answer = ?held, "cannot renew a volume freeze on a node");
+                all = false;
+            }
+        }
+        if all {
+            *held_until.lock().unwrap() = round + FREEZE_TTL;
+        }
     }
 }

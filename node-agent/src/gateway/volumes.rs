@@ -154,6 +154,7 @@ impl Gateway {
             }
         }
         self.metadata.check()?;
+        self.check_frozen(new.vid)?;
         self.store_inode_header(&new).await?;
         *volume.inode.write().unwrap() = new.clone();
         Ok((old, new))

@@ -308,8 +308,19 @@ impl Peers {
         let req = v1::FreezeVolumeRequest {
             vid,
             ttl_ms: ttl.as_millis() as u64,
+            renewal: false,
         };
         answer(node, self.client(node)?.freeze_volume(req).await).map(drop)
+    }
+
+    /// Extends a freeze `node` still holds; whether it held it.
+    pub async fn renew_freeze(&self, node: &NodeInfo, vid: u32, ttl: Duration) -> Reply<bool> {
+        let req = v1::FreezeVolumeRequest {
+            vid,
+            ttl_ms: ttl.as_millis() as u64,
+            renewal: true,
+        };
+        answer(node, self.client(node)?.freeze_volume(req).await).map(|r| r.held)
     }
 
     pub async fn thaw(&self, node: &NodeInfo, vid: u32, change: Option<Change>) -> Reply<()> {

@@ -312,8 +312,13 @@ impl PeerService for PeerApi {
     ) -> Result<Response<v1::FreezeVolumeResponse>, Status> {
         let req = req.into_inner();
         let ttl = std::time::Duration::from_millis(req.ttl_ms.clamp(1, 300_000));
-        self.freezer.freeze(req.vid, ttl).await;
-        Ok(Response::new(v1::FreezeVolumeResponse {}))
+        let held = if req.renewal {
+            self.freezer.renew(req.vid, ttl)
+        } else {
+            self.freezer.freeze(req.vid, ttl).await;
+            true
+        };
+        Ok(Response::new(v1::FreezeVolumeResponse { held }))
     }
 
     async fn thaw_volume(
