@@ -28,7 +28,7 @@ lint:
 test: build
 	cargo nextest run --workspace --no-fail-fast
 
-# At least 100 seeded fault schedules under many clients on many gateways (CI runs 4 fixed seeds);
+# At least 100 seeded fault schedules under many clients on many gateways (CI runs 6 fixed seeds);
 # SEED=N replays one. See e2e/tests/torture.rs.
 SCHEDULES ?= 100
 torture: build

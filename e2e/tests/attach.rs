@@ -169,15 +169,21 @@ fn two_processes_on_the_unix_socket_are_two_clients() {
         .unwrap();
     let mut commands = first.stdin.take().unwrap();
     writeln!(commands, "write -P 1 0 4k").unwrap();
-    let mut output = BufReader::new(first.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("wrote") {
-        line.clear();
-        assert_ne!(
-            output.read_line(&mut line).unwrap(),
-            0,
-            "the first qemu-io ended before writing"
-        );
+    // Its output, line by line, read on a thread: a write that never ends fails the test.
+    let output = BufReader::new(first.stdout.take().unwrap());
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in output.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    loop {
+        let line = printed
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the first qemu-io wrote nothing within 30 s, or ended");
+        if line.contains("wrote") {
+            break;
+        }
     }
     let refusal = sheepdog_e2e::qemu_io_fails(&uri, &["write -P 2 0 4k"]);
     assert!(

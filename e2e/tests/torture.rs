@@ -12,7 +12,7 @@
 //! its last acknowledged version (after a whole-cluster power cut: its last flushed one, or a
 //! newer one) through every node, and every replica must agree (`dog cluster check`).
 //!
-//! `SHEEPDOG_TORTURE_SCHEDULES` sets how many schedules run (CI runs 4, `make torture` 100);
+//! `SHEEPDOG_TORTURE_SCHEDULES` sets how many schedules run (CI runs 6 fixed seeds, `make torture` 100);
 //! `SHEEPDOG_TORTURE_SEED` replays one. A failure prints its seed and keeps the lab's
 //! directory (logs, data).
 

@@ -58,6 +58,9 @@ struct State {
     /// Whether this coordinator restarted with maps of an earlier run: its locks are gone,
     /// so for half a lock's time limit it grants only renewals (see `LockRequest.renewal`).
     restarted: bool,
+    /// Whether it started with no maps at all: a new cluster, or one whose coordinator lost
+    /// its directory (then the nodes report epochs, and it waits as a restarted one).
+    started_without_maps: bool,
     /// Vids of deleted volumes, never to be used again; persisted.
     retired: VidFile,
     /// Vids that stopped being working volumes: their data never changes again; persisted.
@@ -183,6 +186,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         locks: Leases::default(),
         fence: 0,
         restarted,
+        started_without_maps: !restarted,
         retired,
         sealed,
         reported_epoch: 0,
@@ -264,8 +268,17 @@ impl CoordinatorService for Coordinator {
         let ttl = req.ttl_ms.clamp(1_000, 120_000);
         let until = now + ttl;
         // Holders renew every third of their time limit: half of it lets every live one
-        // renew before a newcomer can take its lock.
-        if state.restarted && !req.renewal && now < ttl / 2 {
+        // renew before a newcomer can take its lock. A coordinator that started without maps
+        // first listens (its quiet time); if the nodes then report epochs, it lost its
+        // directory and holders may be out there: they get the same half time limit.
+        let lost_directory =
+            state.started_without_maps && (now < state.quiet_until_ms || state.reported_epoch > 0);
+        let window = match (state.restarted, lost_directory) {
+            (true, _) => ttl / 2,
+            (false, true) => state.quiet_until_ms + ttl / 2,
+            (false, false) => 0,
+        };
+        if !req.renewal && now < window {
             return Ok(Response::new(LockResponse {
                 granted: false,
                 holder: format!(

@@ -417,4 +417,44 @@ mod tests {
         connection.check().unwrap();
         running.task.abort();
     }
+
+    #[tokio::test]
+    async fn an_attachment_outlives_a_coordinator_that_lost_its_directory() {
+        let listen = free_port();
+        let first_dir = tempfile::tempdir().unwrap();
+        let running = coordinator(first_dir.path(), listen).await;
+        let attachments = Attachments::new(Some(running.client.clone()), "n0");
+        let connection = attachments.attach("vm1", "10.0.0.1", false).await.unwrap();
+        running.task.abort();
+        let _ = running.task.await;
+        // Its directory is gone: it starts empty, and a node tells it of epoch 3.
+        let empty = tempfile::tempdir().unwrap();
+        let running = coordinator(empty.path(), listen).await;
+        let node = sheepdog_api::v1::MapNode {
+            id: "n1".into(),
+            peer_addr: "127.0.0.1:1".into(),
+            nbd_addr: "127.0.0.1:2".into(),
+            zone: "default".into(),
+            weight: 1 << 30,
+            joined_epoch: 1,
+        };
+        let heartbeat = sheepdog_api::v1::HeartbeatRequest {
+            node: Some(node),
+            recovered_epoch: 3,
+            epoch: 3,
+            fence: 0,
+        };
+        running.client.clone().heartbeat(heartbeat).await.unwrap();
+        let early = other_asks(&running).await;
+        assert!(!early.granted && early.restarting, "{early:?}");
+        tokio::time::sleep(TTL / 2 + Duration::from_secs(2)).await;
+        let other = other_asks(&running).await;
+        assert!(
+            !other.granted,
+            "a second writer attached after the coordinator lost its directory"
+        );
+        assert_eq!(other.holder, "n0/10.0.0.1/exclusive");
+        connection.check().unwrap();
+        running.task.abort();
+    }
 }
