@@ -66,8 +66,12 @@ pub fn detach_loop(device: &Path) -> Reply<()> {
     run("losetup", &["--detach", &device.display().to_string()]).map(drop)
 }
 
-/// Makes the loop device take its file's new size.
-pub fn refresh_loop_size(device: &Path) -> Reply<()> {
+/// Makes the loop device over `file` take the file's new size.
+pub fn refresh_loop_size(device: &Path, file: &Path) -> Reply<()> {
+    // The loop driver reads the size the kernel has cached for the file; a stat makes FUSE
+    // ask the node agent for the new one first.
+    std::fs::metadata(file)
+        .map_err(|e| Status::internal(format!("cannot stat {}: {e}", file.display())))?;
     run(
         "losetup",
         &["--set-capacity", &device.display().to_string()],
@@ -115,7 +119,7 @@ pub fn make_file_system(device: &Path, kind: &str) -> Reply<()> {
 
 /// Grows the file system of `kind` on `device`, mounted at `mountpoint`, to the device's size.
 pub fn grow_file_system(device: &Path, mountpoint: &Path, kind: &str) -> Reply<()> {
-    match kind {
+    let grown = match kind {
         "ext4" => run("resize2fs", &[&device.display().to_string()]),
         "xfs" => run("xfs_growfs", &[&mountpoint.display().to_string()]),
         other => {
@@ -123,8 +127,29 @@ pub fn grow_file_system(device: &Path, mountpoint: &Path, kind: &str) -> Reply<(
                 "cannot grow a {other} file system"
             )));
         }
+    };
+    match grown {
+        // The kernel grows a mounted ext4 only for a process with CAP_SYS_RESOURCE.
+        Err(status) if kind == "ext4" && !has_capability(CAP_SYS_RESOURCE) => {
+            Err(Status::failed_precondition(format!(
+                "growing a mounted ext4 file system needs the CAP_SYS_RESOURCE capability, which this node plugin lacks: run it privileged (the chart does), or use xfs ({})",
+                status.message()
+            )))
+        }
+        grown => grown.map(drop),
     }
-    .map(drop)
+}
+
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process has capability number `cap` (from `CapEff` in /proc/self/status).
+pub fn has_capability(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps >> cap & 1 == 1)
 }
 
 /// Undoes the octal escapes of `/proc/self/mountinfo` (`\040` for a space, ...).
@@ -197,6 +222,11 @@ pub fn mount(
             "rw" | "defaults" => {}
             other => data.push(other.to_owned()),
         }
+    }
+    if kind == "xfs" {
+        // A clone or snapshot has its source's file system UUID, and xfs refuses a second
+        // mount of one UUID: the source may well be mounted on this host.
+        data.push("nouuid".into());
     }
     if read_only {
         mount_flags |= MountFlags::RDONLY;

@@ -432,7 +432,7 @@ impl NodeService for Node {
                 file.size
             )));
         }
-        host::refresh_loop_size(&staged.device)?;
+        host::refresh_loop_size(&staged.device, &staged.file)?;
         let block = matches!(
             req.volume_capability.as_ref().map(capabilities::check),
             Some(Ok((Access::Block, _)))

@@ -679,7 +679,10 @@ fn online_resize_under_first_writes_through_two_gateways_loses_nothing() {
 /// one by one (kill one, wait for recovery, kill a second, wait, start the first again and
 /// kill another, and so on), the volume rewritten after every step, so two nodes are often
 /// down at once and a node comes back holding copies older than the rewrites it missed. At
-/// the end every node reads the last rewrite and `dog cluster check` is healthy.
+/// the end every node reads the last rewrite and `dog cluster check` is healthy. (Whole-volume
+/// rewrites: this sequence passed on the binaries from before the fixes too, 5 runs of 5; the
+/// divergence the report saw needs a range the away node's copy still held, which
+/// `rolling_node_replacement_keeps_every_copy_current` zeroes, and which failed there.)
 #[test]
 fn rolling_replacement_with_two_nodes_down_at_once_ends_with_every_copy_current() {
     use sheepdog_e2e::lab::Lab;
@@ -717,7 +720,10 @@ fn rolling_replacement_with_two_nodes_down_at_once_ends_with_every_copy_current(
             .as_ref()
             .and_then(|i| i["nodes"].as_array().map(Vec::len))
             == Some(members);
-        in_map && run(&mut lab.dog(via, &["cluster", "check"])).status.success()
+        in_map
+            && run(&mut lab.dog(via, &["cluster", "check"]))
+                .status
+                .success()
     };
     let mut pattern = 0x40u8;
     let mut findings = Findings::default();
@@ -747,7 +753,10 @@ fn rolling_replacement_with_two_nodes_down_at_once_ends_with_every_copy_current(
             Duration::from_secs(60),
             || settled(&lab, via, up.len()),
         );
-        findings.check(&format!("{what}: the cluster recovers"), recovered.map(drop));
+        findings.check(
+            &format!("{what}: the cluster recovers"),
+            recovered.map(drop),
+        );
         pattern += 1;
         let writer = up[(i + 1) % up.len()];
         findings.check(
