@@ -75,16 +75,18 @@ impl Drop for Csi {
     }
 }
 
-/// The csi-sanity binary: `CSI_SANITY`, else the project's `../shared/tools/csi-sanity`.
+/// The csi-sanity binary: `CSI_SANITY`, else the one `.ci/setup` installed with Go
+/// (`target/tools`), else the project's `../shared/tools/csi-sanity`.
 pub fn csi_sanity() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let installed = root.join("target/tools/csi-sanity");
     let path = std::env::var_os("CSI_SANITY")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/csi-sanity")
-        });
+        .or_else(|| installed.exists().then_some(installed))
+        .unwrap_or_else(|| root.join("../shared/tools/csi-sanity"));
     assert!(
         path.exists(),
-        "csi-sanity is missing at {}: run `make setup` (it installs csi-sanity with `go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.4.0`) or set CSI_SANITY",
+        "csi-sanity is missing at {}: run `make setup` (with Go, it installs csi-sanity v5.4.0 into target/tools) or set CSI_SANITY",
         path.display()
     );
     path

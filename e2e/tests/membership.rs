@@ -1,7 +1,7 @@
 //! Membership changes that used to leave wrong decisions behind: a coordinator that lost its
 //! directory, and garbage collection while a node is away.
 
-use sheepdog_e2e::{Cluster, ok, qemu_io, wait_for};
+use sheepdog_e2e::{Cluster, ok, qemu_io, run, wait_for};
 use std::process::Command;
 use std::time::Duration;
 
@@ -110,4 +110,58 @@ fn objects_a_clone_on_an_absent_node_reads_are_not_freed() {
     ok(&mut cluster.dog_on(via, &["vdi", "create", "other", "4M"]));
     qemu_io(&cluster.nbd_uri_on(via, "clone"), &["read -P 0x5a 0 8M"]);
     qemu_io(&cluster.nbd_uri_on(away, "clone"), &["read -P 0x5a 0 8M"]);
+}
+
+/// The same, with the node still in the map: stopped (SIGSTOP) while the deletes run, it does
+/// not answer, so the directory lacks the clone's inode. Garbage collection must not act on
+/// that incomplete view; once the node answers again the clone reads all its data.
+#[test]
+fn objects_a_clone_on_an_unanswering_node_reads_are_not_freed() {
+    let cluster = Cluster::start_with_env(3, "60s", &[("SHEEP_IO_TIMEOUT", "4s")]);
+    ok(&mut cluster.dog(&["vdi", "create", "-c", "1", "base", "32M"]));
+    qemu_io(&cluster.nbd_uri("base"), &["write -P 0x6b 0 32M", "flush"]);
+    ok(&mut cluster.dog(&["vdi", "snapshot", "-s", "s1", "base"]));
+    ok(&mut cluster.dog(&["vdi", "clone", "-s", "s1", "base", "clone"]));
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&mut cluster.dog(&["vdi", "list", "--json"]))).unwrap();
+    let vid_of = |pick: &dyn Fn(&serde_json::Value) -> bool| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| pick(v))
+            .and_then(|v| v["vid"].as_u64())
+            .expect("listed")
+    };
+    let clone_vid = vid_of(&|v| v["name"] == "clone");
+    let snapshot_vid = vid_of(&|v| v["name"] == "base" && v["tag"] == "s1");
+    let away = holder(&cluster, 3, (1 << 63) | (clone_vid << 32));
+    let via = (away + 1) % 3;
+    // The test can fail only if some of the snapshot's data lives on the nodes that answer.
+    let elsewhere = (0..8u64)
+        .filter(|i| holder(&cluster, 3, (snapshot_vid << 32) | i) != away)
+        .count();
+    assert!(
+        elsewhere > 0,
+        "every data object is on the stopped node: the test would prove nothing"
+    );
+    ok(&mut cluster.dog_on(via, &["vdi", "delete", "base"]));
+    let pid = cluster.pid(away).to_string();
+    ok(Command::new("kill").args(["-STOP", &pid]));
+    // The node stays in the map (60 s failure timeout) but answers nothing.
+    let deleted = run(&mut cluster.dog_on(via, &["vdi", "delete", "-s", "s1", "base"]));
+    ok(Command::new("kill").args(["-CONT", &pid]));
+    eprintln!(
+        "deleting the snapshot while node {away} did not answer: {} {}",
+        deleted.status,
+        String::from_utf8_lossy(&deleted.stderr).trim()
+    );
+    assert_eq!(
+        members(&cluster, via),
+        3,
+        "the stopped node stayed in the map"
+    );
+    // Another operation collects garbage on the complete view.
+    ok(&mut cluster.dog_on(via, &["vdi", "create", "other", "4M"]));
+    qemu_io(&cluster.nbd_uri_on(via, "clone"), &["read -P 0x6b 0 32M"]);
+    qemu_io(&cluster.nbd_uri_on(away, "clone"), &["read -P 0x6b 0 32M"]);
 }

@@ -5,6 +5,7 @@ use sheepdog_e2e::{
     Cluster, finish_workload, ok, qemu_io, qemu_io_fails, start_workload, wait_for, workload,
     workload_result,
 };
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const FAILURE_TIMEOUT: &str = "3s";
@@ -539,4 +540,53 @@ fn a_commit_write_with_a_stale_fencing_token_is_refused() {
     let rows: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(rows.as_array().unwrap()[0]["size"].as_u64(), Some(48 << 20));
     ok(&mut cluster.dog(&["cluster", "check"]));
+}
+
+/// Recovery's `FetchObject` hands out a node's copy only at the node's own epoch and only
+/// while its lease holds: a new holder listing at a stale epoch, or a node cut off from the
+/// coordinator, must not serve copies that writes at the current epoch may have passed.
+#[test]
+fn fetching_an_object_needs_the_current_epoch_and_a_live_lease() {
+    use sheepdog_api::v1::FetchObjectRequest;
+    use sheepdog_api::v1::peer_service_client::PeerServiceClient;
+    let cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
+    ok(&mut cluster.dog(&["vdi", "create", "v", "16M"]));
+    let list = ok(&mut cluster.dog(&["vdi", "list", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let vid = rows.as_array().unwrap()[0]["vid"].as_u64().unwrap();
+    let inode_oid = (1u64 << 63) | (vid << 32);
+    let epoch = cluster.info(0)["epoch"].as_u64().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fetch = |node: u16, epoch: u64| {
+        runtime.block_on(async {
+            let address = format!("http://127.0.0.1:{}", cluster.peer_port + node);
+            let mut client = PeerServiceClient::connect(address).await.unwrap();
+            let request = FetchObjectRequest {
+                oid: inode_oid,
+                epoch,
+            };
+            client.fetch_object(request).await.map(|r| r.into_inner())
+        })
+    };
+    // Every node holds the inode (3 copies): at the current epoch each hands it out.
+    for node in 0..3 {
+        let copy = fetch(node, epoch).expect("a fetch at the current epoch");
+        assert!(copy.found, "node {node} holds the inode");
+    }
+    for stale in [epoch - 1, epoch + 1] {
+        let refused = fetch(0, stale).expect_err("a fetch at another epoch");
+        assert!(
+            refused.message().contains("epoch"),
+            "epoch {stale}: {refused:?}"
+        );
+    }
+    // The coordinator stops answering: leases run out (60% of the failure timeout).
+    let pid = std::fs::read_to_string(cluster.dir.path().join("coordinator/sheep.pid")).unwrap();
+    let pid = pid.trim();
+    ok(Command::new("kill").args(["-STOP", pid]));
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = fetch(0, epoch);
+    ok(Command::new("kill").args(["-CONT", pid]));
+    let refused = refused.expect_err("a fetch without a live lease");
+    assert!(refused.message().contains("lease"), "{refused:?}");
 }

@@ -61,6 +61,9 @@ struct State {
     /// Whether it started with no maps at all: a new cluster, or one whose coordinator lost
     /// its directory (then the nodes report epochs, and it waits as a restarted one).
     started_without_maps: bool,
+    /// The newest epoch nodes reported before this coordinator published any map: above 0,
+    /// the cluster existed before it (it lost its directory).
+    heard_while_quiet: u64,
     /// Vids of deleted volumes, never to be used again; persisted.
     retired: VidFile,
     /// Vids that stopped being working volumes: their data never changes again; persisted.
@@ -187,6 +190,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         fence: 0,
         restarted,
         started_without_maps: !restarted,
+        heard_while_quiet: 0,
         retired,
         sealed,
         reported_epoch: 0,
@@ -242,6 +246,9 @@ impl CoordinatorService for Coordinator {
         let mut state = self.state.lock().unwrap();
         let at_ms = state.now_ms();
         state.reported_epoch = state.reported_epoch.max(req.epoch);
+        if at_ms < state.quiet_until_ms {
+            state.heard_while_quiet = state.heard_while_quiet.max(req.epoch);
+        }
         state.fence = state.fence.max(req.fence);
         state.recovered.insert(node.id.clone(), req.recovered_epoch);
         state
@@ -271,8 +278,8 @@ impl CoordinatorService for Coordinator {
         // renew before a newcomer can take its lock. A coordinator that started without maps
         // first listens (its quiet time); if the nodes then report epochs, it lost its
         // directory and holders may be out there: they get the same half time limit.
-        let lost_directory =
-            state.started_without_maps && (now < state.quiet_until_ms || state.reported_epoch > 0);
+        let lost_directory = state.started_without_maps
+            && (now < state.quiet_until_ms || state.heard_while_quiet > 0);
         let window = match (state.restarted, lost_directory) {
             (true, _) => ttl / 2,
             (false, true) => state.quiet_until_ms + ttl / 2,
