@@ -518,3 +518,110 @@ fn a_flush_answered_while_another_still_syncs_covers_its_writes() {
         );
     }
 }
+
+/// The coordinator's maps survive a power cut: it publishes epochs while two nodes come and
+/// go, loses power (lazyfs drops what was not fsynced), and starts again. Hearing only from a
+/// node that claims no epoch, it must still know every epoch it published: its next map is
+/// past them, and it starts as a restarted coordinator (lock renewals first).
+#[test]
+fn the_coordinator_keeps_its_maps_through_a_power_cut() {
+    use sheepdog_api::v1::coordinator_service_client::CoordinatorServiceClient;
+    use sheepdog_api::v1::{HeartbeatRequest, LockRequest, MapNode};
+    let mut fs = PowerCutFs::start();
+    let dir = fs.mount().join("coordinator");
+    let port = sheepdog_e2e::free_port();
+    let log = fs.scratch().join("coordinator.log");
+    let start = |dir: &Path| -> Child {
+        Command::new(sheepdog_e2e::bin_dir().join("sheep"))
+            .arg("coordinator")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--failure-timeout", "2s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let node = |id: &str| MapNode {
+        id: id.into(),
+        peer_addr: format!("127.0.0.1:{}", port + 1),
+        nbd_addr: format!("127.0.0.1:{}", port + 2),
+        zone: "default".into(),
+        weight: 1 << 30,
+        joined_epoch: 0,
+    };
+    // Heartbeats from `ids` (each claiming `epoch`) until the map's epoch passes `past`
+    // with exactly those nodes; returns that epoch.
+    let beat_until = |ids: &[&str], epoch: u64, past: u64| -> u64 {
+        runtime.block_on(async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no map past epoch {past} with {ids:?}"
+                );
+                let connected =
+                    CoordinatorServiceClient::connect(format!("http://127.0.0.1:{port}")).await;
+                if let Ok(mut client) = connected {
+                    let mut seen = None;
+                    for id in ids {
+                        let request = HeartbeatRequest {
+                            node: Some(node(id)),
+                            recovered_epoch: epoch,
+                            epoch,
+                            fence: 0,
+                        };
+                        if let Ok(reply) = client.heartbeat(request).await {
+                            seen = reply.into_inner().map;
+                        }
+                    }
+                    if let Some(map) = seen {
+                        let members: Vec<&str> = map.nodes.iter().map(|n| n.id.as_str()).collect();
+                        if map.epoch > past && members.len() == ids.len() {
+                            return map.epoch;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let mut coordinator = start(&dir);
+    let first = beat_until(&["a", "b"], 0, 0);
+    // Node b goes silent: after the failure timeout a map with a alone.
+    let last = beat_until(&["a"], first, first);
+    coordinator.kill().unwrap();
+    coordinator.wait().unwrap();
+    let report = fs.cut();
+    eprintln!("published epochs {first} and {last}; power cut: {report}");
+    let mut coordinator = start(&dir);
+    // Node c, new, claims no epoch: only the coordinator's own maps tell it where it was.
+    let next = beat_until(&["a", "c"], 0, 0);
+    let restarting = runtime.block_on(async {
+        let mut client = CoordinatorServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let request = LockRequest {
+            name: "volumes".into(),
+            holder: "newcomer".into(),
+            ttl_ms: 30_000,
+            shared: false,
+            fenced: true,
+            renewal: false,
+            token: 0,
+        };
+        client.lock(request).await.unwrap().into_inner().restarting
+    });
+    let _ = coordinator.kill();
+    let _ = coordinator.wait();
+    assert!(
+        next > last,
+        "after the power cut the coordinator published epoch {next}, not past its epoch {last}: it lost maps it had published"
+    );
+    assert!(
+        restarting,
+        "the restarted coordinator granted a new lock at once"
+    );
+}
