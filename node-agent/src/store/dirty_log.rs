@@ -54,7 +54,7 @@ pub struct DirtyLog {
     newest: u64,
     /// Where the next entry goes.
     end: u64,
-    pending: HashMap<ObjectId, Snapshot>,
+    pub(super) pending: HashMap<ObjectId, Snapshot>,
 }
 
 impl DirtyLog {

@@ -595,3 +595,48 @@ fn a_copy_on_write_copy_is_told_from_a_hole_and_recovered() {
         partial.meta(oid()).unwrap().summary
     );
 }
+
+/// Two flushes from two gateways on one replica: a write logged before the first flush took
+/// the pending objects is synced by that flush, so a second flush right behind it must not
+/// answer (with nothing left pending) before the first's syncs are done.
+#[test]
+fn a_flush_behind_another_answers_only_after_the_first_synced() {
+    let (_dir, store) = store();
+    let store = std::sync::Arc::new(store);
+    let small = ObjectId::data(2, 0);
+    store
+        .write(small, spec(4 * MIB), 0, &[7u8; 4096], next(), false)
+        .unwrap();
+    // Enough for the first flush's syncs to take a while.
+    for i in 0..48 {
+        let data = vec![i as u8; MIB as usize];
+        store
+            .write(ObjectId::data(3, i), spec(4 * MIB), 0, &data, next(), false)
+            .unwrap();
+    }
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let first = std::thread::spawn({
+        let (store, order) = (store.clone(), order.clone());
+        move || {
+            store.flush().unwrap();
+            order.lock().unwrap().push("first");
+        }
+    });
+    // The first flush took the pending objects, the small one too, and syncs them.
+    let started = std::time::Instant::now();
+    while !store.dirty.lock().unwrap().pending.is_empty() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the first flush did not start"
+        );
+        std::thread::yield_now();
+    }
+    store.flush().unwrap();
+    order.lock().unwrap().push("second");
+    first.join().unwrap();
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec!["first", "second"],
+        "the second flush answered while the first still synced its write"
+    );
+}
