@@ -590,3 +590,72 @@ fn fetching_an_object_needs_the_current_epoch_and_a_live_lease() {
     let refused = refused.expect_err("a fetch without a live lease");
     assert!(refused.message().contains("lease"), "{refused:?}");
 }
+
+/// Requests carry the gateway's version: a late original (or a retry) of a write, and a late
+/// copy-on-write removal, arriving after a newer write, change nothing. Both are sent raw to
+/// every replica with an old version after the newer write was flushed; every node still
+/// reads the newer data.
+#[test]
+fn a_late_write_or_removal_with_an_older_version_changes_nothing() {
+    use sheepdog_api::v1::RemoveObjectRequest;
+    use sheepdog_api::v1::peer_service_client::PeerServiceClient;
+    use std::io::{Read, Write};
+    let cluster = Cluster::start_with(3, FAILURE_TIMEOUT);
+    ok(&mut cluster.dog(&["vdi", "create", "v", "16M"]));
+    qemu_io(
+        &cluster.nbd_uri_on(0, "v"),
+        &["write -P 0xa1 0 64k", "flush"],
+    );
+    let list = ok(&mut cluster.dog(&["vdi", "list", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let vid = rows.as_array().unwrap()[0]["vid"].as_u64().unwrap();
+    let data_oid = vid << 32;
+    let epoch = cluster.info(0)["epoch"].as_u64().unwrap();
+    // A write of object 0's first 64 KiB at version 1: older than the gateway's write.
+    let mut frame = b"SHDP".to_vec();
+    frame.extend_from_slice(&[2, 1, 3, 0]); // write, FUA, 3 copies
+    for field in [9u64, epoch, data_oid, 0, 4 << 20] {
+        frame.extend_from_slice(&field.to_le_bytes()); // id, epoch, oid, offset, capacity
+    }
+    frame.extend_from_slice(&(64u32 << 10).to_le_bytes()); // length
+    frame.extend_from_slice(&0u32.to_le_bytes()); // no fencing token
+    frame.extend_from_slice(&1u64.to_le_bytes()); // version 1
+    frame.extend_from_slice(&[0xee; 64 << 10]);
+    for node in 0..3 {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", cluster.peer_port + node)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        stream.write_all(&frame).unwrap();
+        let mut reply = [0u8; 40];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(
+            reply[4], 0,
+            "node {node} refused the late write instead of skipping it"
+        );
+    }
+    // A removal of the whole object at version 1.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for node in 0..3 {
+        runtime.block_on(async {
+            let address = format!("http://127.0.0.1:{}", cluster.peer_port + node);
+            let mut client = PeerServiceClient::connect(address).await.unwrap();
+            let request = RemoveObjectRequest {
+                epoch,
+                oid: data_oid,
+                version: 1,
+                capacity: 4 << 20,
+                copies: 3,
+                fua: true,
+                garbage: false,
+                fence: 0,
+            };
+            client.remove_object(request).await.unwrap();
+        });
+    }
+    for node in 0..3 {
+        qemu_io(&cluster.nbd_uri_on(node, "v"), &["read -P 0xa1 0 64k"]);
+    }
+    ok(&mut cluster.dog(&["cluster", "check"]));
+}
