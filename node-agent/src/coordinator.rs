@@ -61,9 +61,9 @@ struct State {
     /// Whether it started with no maps at all: a new cluster, or one whose coordinator lost
     /// its directory (then the nodes report epochs, and it waits as a restarted one).
     started_without_maps: bool,
-    /// The newest epoch nodes reported before this coordinator published any map: above 0,
-    /// the cluster existed before it (it lost its directory).
-    heard_while_quiet: u64,
+    /// When a node first reported an epoch this coordinator never published (it lost its
+    /// directory): lock holders from before get half a time limit to renew from then.
+    foreign_epoch_at_ms: Option<u64>,
     /// Vids of deleted volumes, never to be used again; persisted.
     retired: VidFile,
     /// Vids that stopped being working volumes: their data never changes again; persisted.
@@ -190,7 +190,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         fence: 0,
         restarted,
         started_without_maps: !restarted,
-        heard_while_quiet: 0,
+        foreign_epoch_at_ms: None,
         retired,
         sealed,
         reported_epoch: 0,
@@ -246,8 +246,9 @@ impl CoordinatorService for Coordinator {
         let mut state = self.state.lock().unwrap();
         let at_ms = state.now_ms();
         state.reported_epoch = state.reported_epoch.max(req.epoch);
-        if at_ms < state.quiet_until_ms {
-            state.heard_while_quiet = state.heard_while_quiet.max(req.epoch);
+        if req.epoch > state.map.epoch && state.foreign_epoch_at_ms.is_none() {
+            tracing::warn!(node = %node.id, epoch = req.epoch, "a node has an epoch this coordinator never published: it lost its maps; granting only lock renewals for a while");
+            state.foreign_epoch_at_ms = Some(at_ms);
         }
         state.fence = state.fence.max(req.fence);
         state.recovered.insert(node.id.clone(), req.recovered_epoch);
@@ -276,14 +277,15 @@ impl CoordinatorService for Coordinator {
         let until = now + ttl;
         // Holders renew every third of their time limit: half of it lets every live one
         // renew before a newcomer can take its lock. A coordinator that started without maps
-        // first listens (its quiet time); if the nodes then report epochs, it lost its
-        // directory and holders may be out there: they get the same half time limit.
-        let lost_directory = state.started_without_maps
-            && (now < state.quiet_until_ms || state.heard_while_quiet > 0);
-        let window = match (state.restarted, lost_directory) {
-            (true, _) => ttl / 2,
-            (false, true) => state.quiet_until_ms + ttl / 2,
-            (false, false) => 0,
+        // first listens (its quiet time); a node that reports an epoch it never published
+        // means it lost its directory and holders may be out there: from then on they get
+        // the same half time limit.
+        let window = if state.restarted {
+            ttl / 2
+        } else if state.started_without_maps && now < state.quiet_until_ms {
+            state.quiet_until_ms
+        } else {
+            state.foreign_epoch_at_ms.map_or(0, |at| at + ttl / 2)
         };
         if !req.renewal && now < window {
             return Ok(Response::new(LockResponse {

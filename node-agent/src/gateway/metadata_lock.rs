@@ -46,6 +46,16 @@ pub struct Held<'a> {
     pub sealed: Vec<u32>,
 }
 
+/// Dropped without a release (the operation was cancelled: its client went away), the lock's
+/// renewals stop, so it expires by itself.
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(renewal) = &self.renewal {
+            renewal.abort();
+        }
+    }
+}
+
 impl MetadataLock {
     pub fn new(coordinator: Option<CoordinatorServiceClient<Channel>>, holder: &str) -> Self {
         Self {

@@ -129,7 +129,7 @@ pub struct Gateway {
     attachments: Arc<attach::Attachments>,
     freezer: Arc<Freezer>,
     /// The renewals of the freezes this gateway's metadata operation holds, by vid.
-    freeze_renewals: std::sync::Mutex<HashMap<u32, snapshots::FreezeRenewal>>,
+    freeze_renewals: snapshots::FreezeRenewals,
     cow_locks: Vec<tokio::sync::Mutex<()>>,
     /// Set when garbage collection was put off (the view was not complete or settled).
     gc_deferred: std::sync::atomic::AtomicBool,

@@ -23,6 +23,7 @@ use crate::store::ObjectSpec;
 use sheepdog_model::directory::Repair;
 use sheepdog_model::inode;
 use sheepdog_model::{Directory, Inode, ObjectId};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,10 +43,44 @@ const FREEZE_MARGIN: Duration = Duration::from_secs(10);
 
 /// The renewal of a volume's freezes on every node while its metadata operation runs.
 pub(super) struct FreezeRenewal {
+    /// Tells this renewal from a later one of the same vid.
+    id: u64,
     task: tokio::task::JoinHandle<()>,
+    /// The nodes frozen.
+    nodes: Vec<sheepdog_model::NodeInfo>,
     /// Until when every node's freeze is known to hold.
     held_until: Arc<std::sync::Mutex<Instant>>,
 }
+
+impl Drop for FreezeRenewal {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The renewals of the freezes this gateway's metadata operations hold, by vid.
+pub(super) type FreezeRenewals = Arc<std::sync::Mutex<HashMap<u32, FreezeRenewal>>>;
+
+/// Held by a metadata operation from its freeze to its thaw. Dropped without a thaw (the
+/// operation was cancelled: its client went away), it stops the renewals, so the freezes
+/// expire by themselves instead of holding the volume's writes for ever.
+#[must_use = "the freeze's renewals stop when this is dropped"]
+pub(super) struct Frozen {
+    vid: u32,
+    id: u64,
+    renewals: FreezeRenewals,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let mut renewals = self.renewals.lock().unwrap();
+        if renewals.get(&self.vid).is_some_and(|r| r.id == self.id) {
+            renewals.remove(&self.vid);
+        }
+    }
+}
+
+static RENEWAL_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Gateway {
     /// Snapshots the working volume `name` as `tag` (empty: the next free number). Returns the
@@ -117,7 +152,7 @@ impl Gateway {
         let new_vid = self.new_vid(&dir, name)?;
         let generation = dir.next_generation(name);
         let started = Instant::now();
-        self.freeze_everywhere(old_vid).await?;
+        let _frozen = self.freeze_everywhere(old_vid).await?;
         // Writes are drained: this read has every acknowledged write's table entry.
         let result = async {
             let mut snapshot = self.read_inode(ObjectId::inode(old_vid), copies).await?;
@@ -130,7 +165,7 @@ impl Gateway {
             next.generation = generation;
             next.ctime_ns = now_ns();
             next.tag.clear();
-            self.check_frozen(old_vid)?;
+            self.check_frozen(old_vid).await?;
             self.commit(&next).await?;
             self.seal(old_vid).await;
             Ok((snapshot, next))
@@ -204,15 +239,14 @@ impl Gateway {
         next.parent_vid = snapshot.vid;
         next.generation = dir.next_generation(name);
         next.ctime_ns = now_ns();
-        if let Some(old) = old {
-            self.freeze_everywhere(old).await?;
-        }
-        let committed = match old {
-            Some(old) => self.check_frozen(old),
-            None => Ok(()),
+        let _frozen = match old {
+            Some(old) => Some(self.freeze_everywhere(old).await?),
+            None => None,
         };
         if let Err(e) = async {
-            committed?;
+            if let Some(old) = old {
+                self.check_frozen(old).await?;
+            }
             self.commit(&next).await
         }
         .await
@@ -247,9 +281,9 @@ impl Gateway {
             }
             None => {
                 let vid = dir.working(name).ok_or_else(|| no_volume(name))?.vid;
-                self.freeze_everywhere(vid).await?;
+                let _frozen = self.freeze_everywhere(vid).await?;
                 let deleted = async {
-                    self.check_frozen(vid)?;
+                    self.check_frozen(vid).await?;
                     self.mark_deleted(&dir, vid).await
                 };
                 if let Err(e) = deleted.await {
@@ -393,7 +427,7 @@ impl Gateway {
     /// Freezes writes to `vid` on every node of the cluster. A node that does not answer is
     /// retried until it answers or leaves the cluster map (then it is fenced and cannot
     /// write); if that takes too long the operation fails and the volume is thawed.
-    pub(super) async fn freeze_everywhere(&self, vid: u32) -> Result<()> {
+    pub(super) async fn freeze_everywhere(&self, vid: u32) -> Result<Frozen> {
         let started = Instant::now();
         let deadline = started + FREEZE_WAIT;
         let nodes = self.replicas.view().current().map.nodes.clone();
@@ -445,40 +479,76 @@ impl Gateway {
             }
         }
         let held_until = Arc::new(std::sync::Mutex::new(started + FREEZE_TTL));
-        let task = tokio::spawn(renew_freezes(
-            self.freezer.clone(),
-            self.replicas.peers().clone(),
-            self.replicas.view().clone(),
-            frozen,
+        let renewer = Renewer {
+            freezer: self.freezer.clone(),
+            peers: self.replicas.peers().clone(),
+            view: self.replicas.view().clone(),
             vid,
-            held_until.clone(),
-        ));
-        let renewal = FreezeRenewal { task, held_until };
-        if let Some(old) = self.freeze_renewals.lock().unwrap().insert(vid, renewal) {
-            old.task.abort();
+        };
+        let task = tokio::spawn(renewer.run(frozen.clone(), started, held_until.clone()));
+        let id = RENEWAL_IDS.fetch_add(1, Ordering::Relaxed);
+        let renewal = FreezeRenewal {
+            id,
+            task,
+            nodes: frozen,
+            held_until,
+        };
+        self.freeze_renewals.lock().unwrap().insert(vid, renewal);
+        Ok(Frozen {
+            vid,
+            id,
+            renewals: self.freeze_renewals.clone(),
+        })
+    }
+
+    /// Fails unless every node of the map holds its freeze of `vid` long enough for a
+    /// commit, confirmed by a renewal round now: a freeze that expired, or a node that
+    /// restarted or joined since the freeze, lets writes reach the old vid, which the commit
+    /// would lose.
+    pub(super) async fn check_frozen(&self, vid: u32) -> Result<()> {
+        let failed = |reason: String| GatewayError::TimedOut {
+            what: format!("keeping writes to vid {vid} frozen on every node"),
+            reason: format!("{reason}; the operation stopped before its commit, run it again"),
+        };
+        let (nodes, held_until) = {
+            let renewals = self.freeze_renewals.lock().unwrap();
+            let renewal = renewals
+                .get(&vid)
+                .ok_or_else(|| failed("the freeze is no longer held".into()))?;
+            (renewal.nodes.clone(), renewal.held_until.clone())
+        };
+        let map = self.replicas.view().current().map.clone();
+        if let Some(new) = map
+            .nodes
+            .iter()
+            .find(|n| !nodes.iter().any(|f| f.id == n.id))
+        {
+            return Err(failed(format!("node {} joined since the freeze", new.id)));
+        }
+        let renewer = Renewer {
+            freezer: self.freezer.clone(),
+            peers: self.replicas.peers().clone(),
+            view: self.replicas.view().clone(),
+            vid,
+        };
+        let round = Instant::now();
+        if let Err(node) = renewer.round(&nodes).await {
+            return Err(failed(format!("node {node} did not confirm its freeze")));
+        }
+        let mut until = held_until.lock().unwrap();
+        *until = (*until).max(round + FREEZE_TTL);
+        if Instant::now() + FREEZE_MARGIN >= *until {
+            return Err(failed("the freezes would expire during the commit".into()));
         }
         Ok(())
     }
 
-    /// Fails unless every node's freeze of `vid` holds long enough for a commit: a freeze
-    /// that expired lets held writes go on to the old vid, which the commit would lose.
-    pub(super) fn check_frozen(&self, vid: u32) -> Result<()> {
-        let renewals = self.freeze_renewals.lock().unwrap();
-        let until = renewals.get(&vid).map(|r| *r.held_until.lock().unwrap());
-        match until {
-            Some(until) if Instant::now() + FREEZE_MARGIN < until => Ok(()),
-            _ => Err(GatewayError::TimedOut {
-                what: format!("keeping writes to vid {vid} frozen on every node"),
-                reason: "a node did not confirm its freeze in time; the operation stopped before its commit, run it again".into(),
-            }),
-        }
-    }
-
     pub(super) async fn thaw_everywhere(&self, vid: u32, change: Option<Change>) {
         let renewal = self.freeze_renewals.lock().unwrap().remove(&vid);
-        if let Some(renewal) = renewal {
+        if let Some(mut renewal) = renewal {
+            // Stopped, and no renewal in flight, before any thaw goes out.
             renewal.task.abort();
-            let _ = renewal.task.await;
+            let _ = (&mut renewal.task).await;
         }
         let nodes = self.replicas.view().current().map.nodes.clone();
         for node in &nodes {
@@ -565,39 +635,100 @@ fn no_snapshot(name: &str, tag: &str) -> GatewayError {
     }
 }
 
-/// Renews `vid`'s freeze on `nodes` every third of its time limit until aborted (by the
-/// thaw), moving `held_until` on after each round every node confirmed. A node that left
-/// the map is passed over: its gateway's writes are refused by the others' epoch.
-async fn renew_freezes(
+/// Renews one volume's freezes.
+struct Renewer {
     freezer: Arc<crate::freeze::Freezer>,
     peers: Arc<crate::peer::Peers>,
     view: Arc<crate::cluster::ClusterView>,
-    nodes: Vec<sheepdog_model::NodeInfo>,
     vid: u32,
-    held_until: Arc<std::sync::Mutex<Instant>>,
-) {
-    loop {
-        tokio::time::sleep(FREEZE_TTL / 3).await;
-        let round = Instant::now();
-        let map = view.current().map.clone();
-        let mut all = true;
-        for node in nodes.iter().filter(|n| map.node(&n.id).is_some()) {
-            let held = if node.id == view.self_id() {
-                Ok(freezer.renew(vid, FREEZE_TTL))
-            } else {
-                let renew = peers.renew_freeze(node, vid, FREEZE_TTL);
-                match tokio::time::timeout(FREEZE_TTL / 3, renew).await {
-                    Ok(answer) => answer.map_err(|e| e.to_string()),
-                    Err(_) => Err("no answer".into()),
-                }
-            };
-            if !matches!(held, Ok(true)) {
-                tracing::warn!(node.id = %node.id, vdi.id = vid, answer = ?held, "cannot renew a volume freeze on a node");
-                all = false;
+}
+
+impl Renewer {
+    /// Every third of the time limit from `started` until aborted (by the thaw, or a dropped
+    /// [`Frozen`]), moving `held_until` on after each round every node confirmed.
+    async fn run(
+        self,
+        nodes: Vec<sheepdog_model::NodeInfo>,
+        started: Instant,
+        held_until: Arc<std::sync::Mutex<Instant>>,
+    ) {
+        let period = FREEZE_TTL / 3;
+        let first = tokio::time::Instant::from_std(started) + period;
+        let mut ticks = tokio::time::interval_at(first, period);
+        loop {
+            ticks.tick().await;
+            let round = Instant::now();
+            if self.round(&nodes).await.is_ok() {
+                let mut until = held_until.lock().unwrap();
+                *until = (*until).max(round + FREEZE_TTL);
             }
         }
-        if all {
-            *held_until.lock().unwrap() = round + FREEZE_TTL;
+    }
+
+    /// Renews the freeze on every node of `nodes` still in the map, all at once; the first
+    /// node that did not confirm, if any. A node that left the map is passed over: its
+    /// gateway's writes are refused by the others' epoch.
+    async fn round(&self, nodes: &[sheepdog_model::NodeInfo]) -> std::result::Result<(), String> {
+        let map = self.view.current().map.clone();
+        let renewals = nodes
+            .iter()
+            .filter(|n| map.node(&n.id).is_some())
+            .map(|node| async move {
+                let held = if node.id == self.view.self_id() {
+                    Ok(self.freezer.renew(self.vid, FREEZE_TTL))
+                } else {
+                    let renew = self.peers.renew_freeze(node, self.vid, FREEZE_TTL);
+                    match tokio::time::timeout(FREEZE_TTL / 3, renew).await {
+                        Ok(answer) => answer.map_err(|e| e.to_string()),
+                        Err(_) => Err("no answer".into()),
+                    }
+                };
+                (node, held)
+            });
+        let mut failed = None;
+        for (node, held) in futures::future::join_all(renewals).await {
+            if !matches!(held, Ok(true)) {
+                tracing::warn!(node.id = %node.id, vdi.id = self.vid, answer = ?held, "cannot renew a volume freeze on a node");
+                failed.get_or_insert_with(|| node.id.clone());
+            }
         }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cancelled operation drops its `Frozen` without a thaw: the renewal stops (the
+    /// freezes expire by themselves), and a later operation's renewal of the vid is kept.
+    #[tokio::test]
+    async fn dropping_a_frozen_guard_stops_its_renewal_and_only_its_own() {
+        let renewals = FreezeRenewals::default();
+        let renewal = |id: u64| FreezeRenewal {
+            id,
+            task: tokio::spawn(std::future::pending::<()>()),
+            nodes: Vec::new(),
+            held_until: Arc::new(std::sync::Mutex::new(Instant::now())),
+        };
+        renewals.lock().unwrap().insert(7, renewal(1));
+        let frozen = Frozen {
+            vid: 7,
+            id: 1,
+            renewals: renewals.clone(),
+        };
+        let task = renewals.lock().unwrap()[&7].task.abort_handle();
+        drop(frozen);
+        assert!(renewals.lock().unwrap().is_empty(), "the renewal is gone");
+        tokio::task::yield_now().await;
+        assert!(task.is_finished(), "and its task stopped");
+        // A stale guard leaves a newer renewal of the same vid alone.
+        renewals.lock().unwrap().insert(7, renewal(2));
+        drop(Frozen {
+            vid: 7,
+            id: 1,
+            renewals: renewals.clone(),
+        });
+        assert_eq!(renewals.lock().unwrap()[&7].id, 2);
     }
 }

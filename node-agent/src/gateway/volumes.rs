@@ -112,7 +112,7 @@ impl Gateway {
     async fn resize_locked(&self, name: &str, size: u64) -> Result<Inode> {
         let volume = self.open_volume(name).await?;
         let vid = volume.vid();
-        self.freeze_everywhere(vid).await?;
+        let _frozen = self.freeze_everywhere(vid).await?;
         let result = self.resize_frozen(&volume, size).await;
         let change = result.as_ref().ok().map(|_| Change::Replaced(vid));
         self.thaw_everywhere(vid, change).await;
@@ -154,7 +154,7 @@ impl Gateway {
             }
         }
         self.metadata.check()?;
-        self.check_frozen(new.vid)?;
+        self.check_frozen(new.vid).await?;
         self.store_inode_header(&new).await?;
         *volume.inode.write().unwrap() = new.clone();
         Ok((old, new))
