@@ -70,7 +70,9 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `count` consecutive free ports, the first one preceded by another free port.
+/// `count` consecutive free ports, the first one preceded by another free port. They lie
+/// below Linux's ephemeral range (32768 and up), which the tests' own client connections
+/// draw their source ports from: a node binding its port later cannot find it taken by one.
 pub fn free_ports(count: u16) -> u16 {
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -80,7 +82,7 @@ pub fn free_ports(count: u16) -> u16 {
         let mixed = seed
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(attempt * 7919);
-        let base = 20_000 + (mixed % 30_000) as u16;
+        let base = 20_000 + (mixed % u64::from(12_700 - count)) as u16;
         if (base - 1..base + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
