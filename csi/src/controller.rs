@@ -3,6 +3,7 @@
 //! for the parameters.
 
 use crate::capabilities;
+use crate::fields::{invalid, required};
 use crate::ids::{self, CLONE_TAG_PREFIX};
 use crate::inflight::InFlight;
 use crate::proto::csi::controller_server::Controller as ControllerService;
@@ -156,17 +157,6 @@ impl Range {
     fn admits(&self, size: u64) -> bool {
         size >= self.required && (self.limit == 0 || size <= self.limit)
     }
-}
-
-fn invalid(message: impl Into<String>) -> Status {
-    Status::invalid_argument(message.into())
-}
-
-fn required<'a>(value: &'a str, what: &str) -> Reply<&'a str> {
-    if value.is_empty() {
-        return Err(invalid(format!("{what} is required")));
-    }
-    Ok(value)
 }
 
 fn max_size(object_size: u32) -> u64 {

@@ -3,6 +3,7 @@
 
 pub mod capabilities;
 pub mod controller;
+pub mod fields;
 pub mod host;
 pub mod identity;
 pub mod ids;

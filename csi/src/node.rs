@@ -13,6 +13,7 @@
 //! What was staged is recorded under the state directory, so a restarted plugin knows.
 
 use crate::capabilities::{self, Access};
+use crate::fields::{invalid, required};
 use crate::host;
 use crate::inflight::InFlight;
 use crate::proto::csi::node_server::Node as NodeService;
@@ -46,17 +47,6 @@ struct Staged {
     /// SINGLE_NODE_SINGLE_WRITER: no second target).
     #[serde(default)]
     published: Vec<(PathBuf, bool)>,
-}
-
-fn invalid(message: impl Into<String>) -> Status {
-    Status::invalid_argument(message.into())
-}
-
-fn required<'a>(value: &'a str, what: &str) -> Reply<&'a str> {
-    if value.is_empty() {
-        return Err(invalid(format!("{what} is required")));
-    }
-    Ok(value)
 }
 
 /// How a capability asks for the volume: access, read-only, shared (several nodes write),
