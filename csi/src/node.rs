@@ -234,7 +234,30 @@ impl NodeService for Node {
         if let Some(device) = host::loop_device_of(&staged.file)? {
             host::detach_loop(&device)?;
         }
-        self.sheep.unexport_file(volume_id).await?;
+        // A loop device still opened by someone (udev probing it after the unmount) lets go
+        // of its file only once they close it, and the kernel tells FUSE of the last close
+        // a moment later: wait for both, briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let released = host::loop_device_of(&staged.file)?.is_none();
+            let unexported = match released {
+                true => self.sheep.unexport_file(volume_id).await,
+                false => Err(Status::failed_precondition(format!(
+                    "the loop device over {} is still in use",
+                    staged.file.display()
+                ))),
+            };
+            match unexported {
+                Ok(()) => break,
+                Err(status)
+                    if status.code() == tonic::Code::FailedPrecondition
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(status) => return Err(status),
+            }
+        }
         self.forget(volume_id)?;
         tracing::info!("unstaged");
         Ok(Response::new(NodeUnstageVolumeResponse {}))
