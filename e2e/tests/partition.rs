@@ -183,7 +183,15 @@ fn an_isolated_node_acknowledges_nothing_and_rejoins_cleanly() {
         dir.path().join("node3/nbd.sock").display()
     );
     qemu_io(&via_host, &["write -P 0xaa 0 16M", "flush"]);
-    qemu_io(&via_isolated, &["read -P 0xaa 0 16M"]);
+    // Read-only: a writer's attachment released just before the cut could not reach the
+    // coordinator, and would keep the volume attached for its time limit.
+    let read_isolated = format!(
+        "nbd+unix:///split/readonly?socket={}",
+        dir.path().join("node3/nbd.sock").display()
+    );
+    ok(Command::new("qemu-io")
+        .args(["-r", "-f", "raw", "-c", "read -P 0xaa 0 16M"])
+        .arg(&read_isolated));
 
     ns.link(false);
     let started = Instant::now();
