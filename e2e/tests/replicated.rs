@@ -490,6 +490,21 @@ fn malformed_frames_on_the_peer_port_close_only_their_connection() {
     ok(&mut cluster.dog(&["cluster", "check"]));
 }
 
+/// A raw replica-data-channel write of `data` at offset 0 of `oid` (a 4 MiB, 3-copy object),
+/// with FUA, fencing token `fence` and block version `version`.
+fn write_frame(epoch: u64, oid: u64, fence: u32, version: u64, data: &[u8]) -> Vec<u8> {
+    let mut frame = b"SHDP".to_vec();
+    frame.extend_from_slice(&[2, 1, 3, 0]); // write, FUA, 3 copies
+    for field in [7u64, epoch, oid, 0, 4 << 20] {
+        frame.extend_from_slice(&field.to_le_bytes()); // id, epoch, oid, offset, capacity
+    }
+    frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&fence.to_le_bytes());
+    frame.extend_from_slice(&version.to_le_bytes());
+    frame.extend_from_slice(data);
+    frame
+}
+
 /// A metadata commit write (an inode write under the metadata lock) carries the lock's
 /// fencing token; a node that has seen a newer token refuses it. Sent here as a raw frame
 /// with token 1, as a gateway that stalled past its lock's time limit would send its commit
@@ -506,15 +521,8 @@ fn a_commit_write_with_a_stale_fencing_token_is_refused() {
     let vid = rows.as_array().unwrap()[0]["vid"].as_u64().unwrap();
     let epoch = cluster.info(0)["epoch"].as_u64().unwrap();
     let inode_oid = (1u64 << 63) | (vid << 32);
-    let mut frame = b"SHDP".to_vec();
-    frame.extend_from_slice(&[2, 1, 3, 0]); // write, FUA, 3 copies
-    for field in [7u64, epoch, inode_oid, 0, 4 << 20] {
-        frame.extend_from_slice(&field.to_le_bytes()); // id, epoch, oid, offset, capacity
-    }
-    frame.extend_from_slice(&8u32.to_le_bytes()); // length
-    frame.extend_from_slice(&1u32.to_le_bytes()); // fencing token
-    frame.extend_from_slice(&u64::MAX.to_le_bytes()); // version: newer than anything
-    frame.extend_from_slice(&[0u8; 8]); // would wipe the inode's magic
+    // Fencing token 1, a version newer than anything: would wipe the inode's magic.
+    let frame = write_frame(epoch, inode_oid, 1, u64::MAX, &[0u8; 8]);
     for node in 0..3 {
         let mut stream =
             std::net::TcpStream::connect(("127.0.0.1", cluster.peer_port + node)).unwrap();
@@ -612,15 +620,7 @@ fn a_late_write_or_removal_with_an_older_version_changes_nothing() {
     let data_oid = vid << 32;
     let epoch = cluster.info(0)["epoch"].as_u64().unwrap();
     // A write of object 0's first 64 KiB at version 1: older than the gateway's write.
-    let mut frame = b"SHDP".to_vec();
-    frame.extend_from_slice(&[2, 1, 3, 0]); // write, FUA, 3 copies
-    for field in [9u64, epoch, data_oid, 0, 4 << 20] {
-        frame.extend_from_slice(&field.to_le_bytes()); // id, epoch, oid, offset, capacity
-    }
-    frame.extend_from_slice(&(64u32 << 10).to_le_bytes()); // length
-    frame.extend_from_slice(&0u32.to_le_bytes()); // no fencing token
-    frame.extend_from_slice(&1u64.to_le_bytes()); // version 1
-    frame.extend_from_slice(&[0xee; 64 << 10]);
+    let frame = write_frame(epoch, data_oid, 0, 1, &[0xee; 64 << 10]);
     for node in 0..3 {
         let mut stream =
             std::net::TcpStream::connect(("127.0.0.1", cluster.peer_port + node)).unwrap();

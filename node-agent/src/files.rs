@@ -51,8 +51,6 @@ pub enum FilesError {
         "volume {name:?} is still open {opened} time(s) on this node (a loop device?); detach it first (losetup -d)"
     )]
     InUse { name: String, opened: u32 },
-    #[error("volume {name:?} is not exported on this node")]
-    NotExported { name: String },
 }
 
 /// One exported volume.

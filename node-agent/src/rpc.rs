@@ -107,7 +107,6 @@ fn files_status(err: FilesError) -> Status {
         FilesError::Mount { .. } | FilesError::OtherAccess { .. } | FilesError::InUse { .. } => {
             tonic::Code::FailedPrecondition
         }
-        FilesError::NotExported { .. } => tonic::Code::NotFound,
     };
     let message = err.to_string();
     tracing::warn!(code = ?code, error = %message, "gRPC request failed");
