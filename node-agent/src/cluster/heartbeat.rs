@@ -7,7 +7,7 @@ use sheepdog_model::{ClusterMap, NodeInfo};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Heartbeat settings.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ pub async fn run(
     recovered: Arc<AtomicU64>,
     store: Arc<crate::store::ObjectStore>,
 ) {
-    let endpoint = match Endpoint::from_shared(format!("http://{}", config.coordinator)) {
+    let endpoint = match crate::peer::endpoint(&config.coordinator) {
         Ok(endpoint) => endpoint
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(2)),

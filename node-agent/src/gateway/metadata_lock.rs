@@ -16,7 +16,7 @@ use sheepdog_api::v1::{LockRequest, RetireVidsRequest, SealVidsRequest, UnlockRe
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const NAME: &str = "volumes";
 /// How long the lock is held at most if the holder dies.
@@ -187,7 +187,7 @@ impl MetadataLock {
 
 /// A client of the coordinator at `addr`, connected when first used.
 pub fn coordinator_client(addr: Option<&str>) -> Option<CoordinatorServiceClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{}", addr?)).ok()?;
+    let endpoint = crate::peer::endpoint(addr?).ok()?;
     Some(CoordinatorServiceClient::new(
         endpoint
             .connect_timeout(Duration::from_secs(1))

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How long a peer may take to answer one request before it counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,7 +34,7 @@ impl Peers {
         if let Some(client) = clients.get(&node.peer_addr) {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{}", node.peer_addr))
+        let endpoint = super::endpoint(&node.peer_addr)
             .map_err(|e| ReplicaError::Invalid {
                 node: node.id.clone(),
                 message: e.to_string(),

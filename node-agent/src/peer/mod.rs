@@ -22,6 +22,23 @@ pub const MAX_MESSAGE: usize = 80 << 20;
 /// traffic does not wait for window updates.
 pub const WINDOW: u32 = 8 << 20;
 
+/// How often a long-lived channel pings its peer, and how long it waits for the answer before
+/// it drops the connection; the next request then opens a new one. Without the pings, a
+/// connection that died during a network partition is reused after the heal until TCP gives
+/// up on it, minutes later, and every request on it times out meanwhile.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+const KEEP_ALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The endpoint of a long-lived channel to another node or to the coordinator at `addr`.
+pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .http2_keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true),
+    )
+}
+
 /// How one replica failed an operation, classified for the gateway's retry logic.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReplicaError {
