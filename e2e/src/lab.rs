@@ -21,6 +21,8 @@ pub struct LabNode {
     netns: String,
     /// The veth end in the root namespace: setting it down partitions the node.
     link: String,
+    /// The veth end inside the node's namespace.
+    inner: String,
     pub ip: String,
     pub dir: PathBuf,
     child: Option<Child>,
@@ -129,6 +131,7 @@ impl Lab {
             id,
             netns,
             link,
+            inner: inner.clone(),
             ip,
             dir,
             child: None,
@@ -204,6 +207,35 @@ impl Lab {
         node.partitioned = !up;
     }
 
+    /// Cuts node `id` off silently (`cut: true`) or joins it again: every IP packet to or from
+    /// it is dropped while links stay up and ARP still answers, so no side gets an error or an
+    /// ICMP message, as behind a failed switch or router. (With [`Lab::set_link`] the kernel
+    /// reports the lost neighbour to the senders, and TCP retransmits at once after the heal.)
+    pub fn set_silent_cut(&mut self, id: u16, cut: bool) {
+        require("nft", "nftables");
+        let node = &mut self.nodes[id as usize];
+        let table = format!("{}cut", node.netns);
+        let rules = |device: &str| {
+            format!(
+                "table netdev {table} {{ chain in {{ type filter hook ingress device \"{device}\" \
+                 priority 0; ether type {{ ip, ip6 }} drop; }}; }}"
+            )
+        };
+        let inner = ["ip", "netns", "exec", &node.netns, "nft"];
+        if cut {
+            ok(Command::new("nft").arg(rules(&node.link)));
+            ok(Command::new(inner[0])
+                .args(&inner[1..])
+                .arg(rules(&node.inner)));
+        } else {
+            ok(Command::new("nft").args(["delete", "table", "netdev", &table]));
+            ok(Command::new(inner[0])
+                .args(&inner[1..])
+                .args(["delete", "table", "netdev", &table]));
+        }
+        node.partitioned = cut;
+    }
+
     /// `dog ARGS -a NODE_IP -p 7000` through node `via`.
     pub fn dog(&self, via: u16, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin_dir().join("dog"));
@@ -248,6 +280,13 @@ impl Drop for Lab {
             let _ = Command::new("ip")
                 .args(["link", "del", &node.link])
                 .status();
+            if node.partitioned {
+                let table = format!("{}cut", node.netns);
+                let _ = Command::new("nft")
+                    .args(["delete", "table", "netdev", &table])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
         }
         if let Some(mut child) = self.coordinator.take() {
             let _ = child.kill();
