@@ -27,15 +27,27 @@ pub enum Change {
 #[derive(Default)]
 struct Gate {
     lock: Arc<RwLock<()>>,
-    held: Option<(u64, OwnedRwLockWriteGuard<()>)>,
+    held: Option<Held>,
+    /// The newest fence thawed: a freeze at or below it arrived after its operation ended.
+    thawed: u64,
     change: Option<Change>,
+}
+
+/// A freeze in force on one vid.
+struct Held {
+    /// The operation's fence: the metadata lock's fencing token in the high half, so that a
+    /// later operation's freeze is always greater.
+    fence: u64,
+    /// Tells this term of the freeze from a later renewal, for its expiry.
+    term: u64,
+    _guard: OwnedRwLockWriteGuard<()>,
 }
 
 /// The gates of the volumes this node writes to.
 #[derive(Default)]
 pub struct Freezer {
     gates: Mutex<HashMap<u32, Gate>>,
-    tokens: std::sync::atomic::AtomicU64,
+    terms: std::sync::atomic::AtomicU64,
 }
 
 /// Held by a write while it runs: the volume cannot be frozen under it.
@@ -72,58 +84,79 @@ impl Freezer {
         }
     }
 
-    /// Freezes `vid`: returns once no write to it is in flight on this node; new writes wait
-    /// until [`Freezer::thaw`] or until `ttl` has passed.
-    pub async fn freeze(self: &Arc<Self>, vid: u32, ttl: Duration) {
-        let token = self
-            .tokens
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// Freezes `vid` for the operation `fence`: returns once no write to it is in flight on
+    /// this node; new writes wait until [`Freezer::thaw`] or until `ttl` has passed. Refuses
+    /// (false) a freeze that comes too late: its operation was thawed already, or a newer
+    /// operation froze the vid since. A request delayed in the network must not stop writes.
+    pub async fn freeze(self: &Arc<Self>, vid: u32, fence: u64, ttl: Duration) -> bool {
+        let term = self.next_term();
         let lock = {
             let mut gates = self.gates.lock().unwrap();
             let gate = gates.entry(vid).or_default();
-            if let Some((held, _)) = &mut gate.held {
-                // A freeze whose thaw never came (only one metadata operation runs at a time).
-                *held = token;
-                None
-            } else {
-                Some(gate.lock.clone())
+            if fence <= gate.thawed {
+                return false;
+            }
+            match &mut gate.held {
+                Some(held) if held.fence > fence => return false,
+                // The same operation again (its first answer was lost), or a freeze whose
+                // thaw never came (only one metadata operation runs at a time).
+                Some(held) => {
+                    (held.fence, held.term) = (fence, term);
+                    None
+                }
+                None => Some(gate.lock.clone()),
             }
         };
         if let Some(lock) = lock {
             let guard = lock.write_owned().await;
             let mut gates = self.gates.lock().unwrap();
             let gate = gates.entry(vid).or_default();
-            gate.held = Some((token, guard));
+            if fence <= gate.thawed || gate.held.as_ref().is_some_and(|h| h.fence > fence) {
+                // Thawed, or frozen by a newer operation, while this waited for the writes.
+                return false;
+            }
+            gate.held = Some(Held {
+                fence,
+                term,
+                _guard: guard,
+            });
             gate.change = None;
         }
-        self.expire(vid, token, ttl);
-    }
-
-    /// Extends the freeze of `vid` by `ttl` if it is still held (the operation that froze it
-    /// runs long); returns whether it was. Never freezes a volume that is not frozen.
-    pub fn renew(self: &Arc<Self>, vid: u32, ttl: Duration) -> bool {
-        let token = self
-            .tokens
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        {
-            let mut gates = self.gates.lock().unwrap();
-            let Some((held, _)) = gates.get_mut(&vid).and_then(|g| g.held.as_mut()) else {
-                return false;
-            };
-            *held = token;
-        }
-        self.expire(vid, token, ttl);
+        self.expire(vid, term, ttl);
         true
     }
 
+    /// Extends the freeze of `vid` by `ttl` if operation `fence` still holds it (the
+    /// operation runs long); returns whether it does. Never freezes a volume.
+    pub fn renew(self: &Arc<Self>, vid: u32, fence: u64, ttl: Duration) -> bool {
+        let term = self.next_term();
+        {
+            let mut gates = self.gates.lock().unwrap();
+            let Some(held) = gates.get_mut(&vid).and_then(|g| g.held.as_mut()) else {
+                return false;
+            };
+            if held.fence != fence {
+                return false;
+            }
+            held.term = term;
+        }
+        self.expire(vid, term, ttl);
+        true
+    }
+
+    fn next_term(&self) -> u64 {
+        self.terms
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Opens the gate of `vid` after `ttl` unless the freeze was thawed or renewed since.
-    fn expire(self: &Arc<Self>, vid: u32, token: u64, ttl: Duration) {
+    fn expire(self: &Arc<Self>, vid: u32, term: u64, ttl: Duration) {
         let freezer = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(ttl).await;
             let mut gates = freezer.gates.lock().unwrap();
             if let Some(gate) = gates.get_mut(&vid)
-                && gate.held.as_ref().is_some_and(|(t, _)| *t == token)
+                && gate.held.as_ref().is_some_and(|h| h.term == term)
             {
                 tracing::warn!(
                     vdi.id = vid,
@@ -135,13 +168,21 @@ impl Freezer {
         });
     }
 
-    /// Lets writes to `vid` go on, recording what became of it (`None`: nothing, the operation
-    /// failed or did not change the vid).
-    pub fn thaw(&self, vid: u32, change: Option<Change>) {
+    /// Ends operation `fence`'s freeze of `vid`, recording what became of the volume (`None`:
+    /// nothing, the operation failed or did not change the vid). A late thaw of an older
+    /// operation leaves a newer operation's freeze in force, and one older than the last
+    /// thaw is ignored.
+    pub fn thaw(&self, vid: u32, fence: u64, change: Option<Change>) {
         let mut gates = self.gates.lock().unwrap();
         let gate = gates.entry(vid).or_default();
+        if fence < gate.thawed {
+            return;
+        }
+        gate.thawed = fence;
         gate.change = change;
-        gate.held = None;
+        if gate.held.as_ref().is_some_and(|h| h.fence <= fence) {
+            gate.held = None;
+        }
     }
 }
 
@@ -154,19 +195,19 @@ mod tests {
         let freezer = Arc::new(Freezer::default());
         let write = freezer.enter(7).await.unwrap();
         let f = freezer.clone();
-        let freeze = tokio::spawn(async move { f.freeze(7, Duration::from_secs(30)).await });
+        let freeze = tokio::spawn(async move { f.freeze(7, 1, Duration::from_secs(30)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
             !freeze.is_finished(),
             "the freeze waits for the write in flight"
         );
         drop(write);
-        freeze.await.unwrap();
+        assert!(freeze.await.unwrap());
         let f = freezer.clone();
         let held = tokio::spawn(async move { f.enter(7).await.map(drop) });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!held.is_finished(), "a new write waits for the thaw");
-        freezer.thaw(7, Some(Change::Replaced(8)));
+        freezer.thaw(7, 1, Some(Change::Replaced(8)));
         assert_eq!(held.await.unwrap(), Err(Change::Replaced(8)));
         assert!(freezer.enter(8).await.is_ok());
     }
@@ -174,7 +215,7 @@ mod tests {
     #[tokio::test]
     async fn a_freeze_never_thawed_expires() {
         let freezer = Arc::new(Freezer::default());
-        freezer.freeze(3, Duration::from_millis(100)).await;
+        assert!(freezer.freeze(3, 1, Duration::from_millis(100)).await);
         assert_eq!(freezer.enter(3).await.map(drop), Err(Change::Unknown));
         freezer.clear(3);
         assert!(freezer.enter(3).await.is_ok());
@@ -184,10 +225,10 @@ mod tests {
     async fn a_renewed_freeze_outlives_its_first_time_limit_and_a_late_renewal_freezes_nothing() {
         let freezer = Arc::new(Freezer::default());
         let ttl = Duration::from_millis(300);
-        freezer.freeze(4, ttl).await;
+        assert!(freezer.freeze(4, 1, ttl).await);
         for _ in 0..4 {
             tokio::time::sleep(ttl / 3).await;
-            assert!(freezer.renew(4, ttl), "the freeze is still held");
+            assert!(freezer.renew(4, 1, ttl), "the freeze is still held");
         }
         let f = freezer.clone();
         let held = tokio::spawn(async move { f.enter(4).await.map(drop) });
@@ -196,10 +237,10 @@ mod tests {
             !held.is_finished(),
             "writes still wait, past the first time limit"
         );
-        freezer.thaw(4, None);
+        freezer.thaw(4, 1, None);
         assert_eq!(held.await.unwrap(), Ok(()));
         assert!(
-            !freezer.renew(4, ttl),
+            !freezer.renew(4, 1, ttl),
             "a renewal after the thaw holds nothing"
         );
         let write = tokio::time::timeout(Duration::from_secs(1), freezer.enter(4)).await;
@@ -207,5 +248,52 @@ mod tests {
             matches!(write, Ok(Ok(_))),
             "a late renewal must not freeze the volume"
         );
+    }
+
+    #[tokio::test]
+    async fn a_freeze_that_arrives_after_its_thaw_freezes_nothing() {
+        let freezer = Arc::new(Freezer::default());
+        let ttl = Duration::from_secs(30);
+        // The thaw overtook the freeze (the freeze was delayed in a partition).
+        freezer.thaw(5, 9, Some(Change::Replaced(6)));
+        assert!(
+            !freezer.freeze(5, 9, ttl).await,
+            "the late freeze is refused"
+        );
+        assert!(!freezer.freeze(5, 8, ttl).await, "so is an older one");
+        assert_eq!(
+            freezer.change(5),
+            Some(Change::Replaced(6)),
+            "the thaw's news is kept"
+        );
+        // A newer operation still freezes the vid.
+        assert!(freezer.freeze(5, 10, ttl).await);
+        freezer.thaw(5, 10, None);
+        let write = tokio::time::timeout(Duration::from_secs(1), freezer.enter(5)).await;
+        assert!(matches!(write, Ok(Ok(_))), "writes go on after the thaws");
+    }
+
+    #[tokio::test]
+    async fn a_late_thaw_leaves_a_newer_operations_freeze_in_force() {
+        let freezer = Arc::new(Freezer::default());
+        let ttl = Duration::from_secs(30);
+        assert!(freezer.freeze(2, 3, ttl).await);
+        // Operation 3's gateway died; operation 4 froze the vid again.
+        assert!(freezer.freeze(2, 4, ttl).await);
+        assert!(
+            !freezer.freeze(2, 3, ttl).await,
+            "an older freeze is refused"
+        );
+        assert!(!freezer.renew(2, 3, ttl), "and its renewal");
+        freezer.thaw(2, 3, None);
+        let f = freezer.clone();
+        let held = tokio::spawn(async move { f.enter(2).await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!held.is_finished(), "operation 4's freeze still holds");
+        assert!(freezer.renew(2, 4, ttl));
+        // The same operation's freeze again (its first answer was lost) holds too.
+        assert!(freezer.freeze(2, 4, ttl).await);
+        freezer.thaw(2, 4, None);
+        assert_eq!(held.await.unwrap(), Ok(()));
     }
 }

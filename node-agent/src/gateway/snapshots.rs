@@ -35,6 +35,8 @@ const GC_GRACE: Duration = Duration::from_secs(600);
 const GC_RETRY: Duration = Duration::from_secs(2);
 /// How long a freeze lasts if the gateway that took it dies before thawing.
 const FREEZE_TTL: Duration = Duration::from_secs(30);
+/// How long a thaw waits for a node's answer.
+const THAW_WAIT: Duration = Duration::from_secs(5);
 /// How long a metadata operation tries to freeze a volume on every node.
 const FREEZE_WAIT: Duration = Duration::from_secs(20);
 /// How long before its freezes could expire an operation still commits: the commit write's
@@ -45,6 +47,8 @@ const FREEZE_MARGIN: Duration = Duration::from_secs(10);
 pub(super) struct FreezeRenewal {
     /// Tells this renewal from a later one of the same vid.
     id: u64,
+    /// The operation's fence, sent with every freeze, renewal and thaw.
+    fence: u64,
     task: tokio::task::JoinHandle<()>,
     /// The nodes frozen.
     nodes: Vec<sheepdog_model::NodeInfo>,
@@ -68,6 +72,7 @@ pub(super) type FreezeRenewals = Arc<std::sync::Mutex<HashMap<u32, FreezeRenewal
 pub(super) struct Frozen {
     vid: u32,
     id: u64,
+    fence: u64,
     renewals: FreezeRenewals,
 }
 
@@ -152,7 +157,7 @@ impl Gateway {
         let new_vid = self.new_vid(&dir, name)?;
         let generation = dir.next_generation(name);
         let started = Instant::now();
-        let _frozen = self.freeze_everywhere(old_vid).await?;
+        let frozen = self.freeze_everywhere(old_vid).await?;
         // Writes are drained: this read has every acknowledged write's table entry.
         let result = async {
             let mut snapshot = self.read_inode(ObjectId::inode(old_vid), copies).await?;
@@ -174,12 +179,12 @@ impl Gateway {
         let (mut snapshot, next) = match result {
             Ok(done) => done,
             Err(e) => {
-                self.thaw_everywhere(old_vid, None).await;
+                self.thaw_everywhere(&frozen, None).await;
                 return Err(e);
             }
         };
         self.move_local(old_vid, &next);
-        self.thaw_everywhere(old_vid, Some(Change::Replaced(new_vid)))
+        self.thaw_everywhere(&frozen, Some(Change::Replaced(new_vid)))
             .await;
         let frozen = started.elapsed();
         snapshot.snapshot = true;
@@ -239,7 +244,7 @@ impl Gateway {
         next.parent_vid = snapshot.vid;
         next.generation = dir.next_generation(name);
         next.ctime_ns = now_ns();
-        let _frozen = match old {
+        let frozen = match old {
             Some(old) => Some(self.freeze_everywhere(old).await?),
             None => None,
         };
@@ -251,15 +256,15 @@ impl Gateway {
         }
         .await
         {
-            if let Some(old) = old {
-                self.thaw_everywhere(old, None).await;
+            if let Some(frozen) = &frozen {
+                self.thaw_everywhere(frozen, None).await;
             }
             return Err(e);
         }
-        if let Some(old) = old {
+        if let (Some(old), Some(frozen)) = (old, &frozen) {
             self.seal(old).await;
             self.move_local(old, &next);
-            self.thaw_everywhere(old, Some(Change::Replaced(next.vid)))
+            self.thaw_everywhere(frozen, Some(Change::Replaced(next.vid)))
                 .await;
             self.mark_deleted(&dir, old).await?;
             self.collect_garbage().await?;
@@ -281,18 +286,18 @@ impl Gateway {
             }
             None => {
                 let vid = dir.working(name).ok_or_else(|| no_volume(name))?.vid;
-                let _frozen = self.freeze_everywhere(vid).await?;
+                let frozen = self.freeze_everywhere(vid).await?;
                 let deleted = async {
                     self.check_frozen(vid).await?;
                     self.mark_deleted(&dir, vid).await
                 };
                 if let Err(e) = deleted.await {
-                    self.thaw_everywhere(vid, None).await;
+                    self.thaw_everywhere(&frozen, None).await;
                     return Err(e);
                 }
                 self.seal(vid).await;
                 self.forget(vid);
-                self.thaw_everywhere(vid, Some(Change::Deleted)).await;
+                self.thaw_everywhere(&frozen, Some(Change::Deleted)).await;
             }
         }
         tracing::info!(volume.name = name, tag, "deleted");
@@ -430,22 +435,31 @@ impl Gateway {
     pub(super) async fn freeze_everywhere(&self, vid: u32) -> Result<Frozen> {
         let started = Instant::now();
         let deadline = started + FREEZE_WAIT;
+        let id = RENEWAL_IDS.fetch_add(1, Ordering::Relaxed);
+        // Greater than any earlier operation's: a newer metadata lock grant, or a later
+        // operation of this gateway under the same grant.
+        let fence = (u64::from(self.metadata.token()) << 32) | (id & 0xffff_ffff);
         let nodes = self.replicas.view().current().map.nodes.clone();
         let mut frozen = Vec::new();
         for node in nodes {
             let result = loop {
+                let wait = deadline.saturating_duration_since(Instant::now());
                 let attempt = if node.id == self.replicas.self_id() {
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    tokio::time::timeout(wait, self.freezer.freeze(vid, FREEZE_TTL))
+                    tokio::time::timeout(wait, self.freezer.freeze(vid, fence, FREEZE_TTL))
                         .await
                         .map_err(|_| "writes in flight on this node did not finish".to_string())
                 } else {
-                    self.replicas
-                        .peers()
-                        .freeze(&node, vid, FREEZE_TTL)
-                        .await
-                        .map_err(|e| e.to_string())
+                    let freeze = self.replicas.peers().freeze(&node, vid, fence, FREEZE_TTL);
+                    match tokio::time::timeout(wait, freeze).await {
+                        Ok(answer) => answer.map_err(|e| e.to_string()),
+                        Err(_) => Err("no answer".to_string()),
+                    }
                 };
+                let attempt = attempt.and_then(|held| {
+                    held.then_some(()).ok_or_else(|| {
+                        "refused: a newer operation froze or thawed the volume there".to_string()
+                    })
+                });
                 match attempt {
                     Ok(()) => break Ok(true),
                     Err(_)
@@ -469,7 +483,7 @@ impl Gateway {
                 Ok(false) => {}
                 Err(reason) => {
                     for node in &frozen {
-                        self.thaw_node(node, vid, None).await;
+                        self.thaw_node(node, vid, fence, None).await;
                     }
                     return Err(GatewayError::TimedOut {
                         what: format!("freezing writes to vid {vid} on node {}", node.id),
@@ -484,11 +498,12 @@ impl Gateway {
             peers: self.replicas.peers().clone(),
             view: self.replicas.view().clone(),
             vid,
+            fence,
         };
         let task = tokio::spawn(renewer.run(frozen.clone(), started, held_until.clone()));
-        let id = RENEWAL_IDS.fetch_add(1, Ordering::Relaxed);
         let renewal = FreezeRenewal {
             id,
+            fence,
             task,
             nodes: frozen,
             held_until,
@@ -497,6 +512,7 @@ impl Gateway {
         Ok(Frozen {
             vid,
             id,
+            fence,
             renewals: self.freeze_renewals.clone(),
         })
     }
@@ -510,12 +526,16 @@ impl Gateway {
             what: format!("keeping writes to vid {vid} frozen on every node"),
             reason: format!("{reason}; the operation stopped before its commit, run it again"),
         };
-        let (nodes, held_until) = {
+        let (nodes, held_until, fence) = {
             let renewals = self.freeze_renewals.lock().unwrap();
             let renewal = renewals
                 .get(&vid)
                 .ok_or_else(|| failed("the freeze is no longer held".into()))?;
-            (renewal.nodes.clone(), renewal.held_until.clone())
+            (
+                renewal.nodes.clone(),
+                renewal.held_until.clone(),
+                renewal.fence,
+            )
         };
         let map = self.replicas.view().current().map.clone();
         if let Some(new) = map
@@ -530,6 +550,7 @@ impl Gateway {
             peers: self.replicas.peers().clone(),
             view: self.replicas.view().clone(),
             vid,
+            fence,
         };
         let round = Instant::now();
         if let Err(node) = renewer.round(&nodes).await {
@@ -543,28 +564,50 @@ impl Gateway {
         Ok(())
     }
 
-    pub(super) async fn thaw_everywhere(&self, vid: u32, change: Option<Change>) {
-        let renewal = self.freeze_renewals.lock().unwrap().remove(&vid);
+    pub(super) async fn thaw_everywhere(&self, frozen: &Frozen, change: Option<Change>) {
+        let (vid, fence) = (frozen.vid, frozen.fence);
+        let renewal = {
+            let mut renewals = self.freeze_renewals.lock().unwrap();
+            match renewals.get(&vid) {
+                Some(r) if r.id == frozen.id => renewals.remove(&vid),
+                _ => None,
+            }
+        };
         if let Some(mut renewal) = renewal {
             // Stopped, and no renewal in flight, before any thaw goes out.
             renewal.task.abort();
             let _ = (&mut renewal.task).await;
         }
         let nodes = self.replicas.view().current().map.nodes.clone();
-        for node in &nodes {
-            self.thaw_node(node, vid, change).await;
-        }
+        let thaws = nodes
+            .iter()
+            .map(|node| self.thaw_node(node, vid, fence, change));
+        futures::future::join_all(thaws).await;
         if !nodes.iter().any(|n| n.id == self.replicas.self_id()) {
-            self.freezer.thaw(vid, change);
+            self.freezer.thaw(vid, fence, change);
         }
     }
 
-    async fn thaw_node(&self, node: &sheepdog_model::NodeInfo, vid: u32, change: Option<Change>) {
+    /// Thaws `vid` on `node`; a node that does not answer in time keeps its freeze until it
+    /// expires (a late thaw changes nothing that a newer operation froze).
+    async fn thaw_node(
+        &self,
+        node: &sheepdog_model::NodeInfo,
+        vid: u32,
+        fence: u64,
+        change: Option<Change>,
+    ) {
         if node.id == self.replicas.self_id() {
-            self.freezer.thaw(vid, change);
-        } else if let Err(e) = self.replicas.peers().thaw(node, vid, change).await {
-            tracing::warn!(node.id = %node.id, vdi.id = vid, error = %e, "cannot thaw a volume on a node; its freeze expires by itself");
+            self.freezer.thaw(vid, fence, change);
+            return;
         }
+        let thaw = self.replicas.peers().thaw(node, vid, fence, change);
+        let error = match tokio::time::timeout(THAW_WAIT, thaw).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer in {THAW_WAIT:?}"),
+        };
+        tracing::warn!(node.id = %node.id, vdi.id = vid, error, "cannot thaw a volume on a node; its freeze expires by itself");
     }
 
     /// Moves a working volume's handle to what replaced its vid (`Replaced` with the same vid:
@@ -641,6 +684,7 @@ struct Renewer {
     peers: Arc<crate::peer::Peers>,
     view: Arc<crate::cluster::ClusterView>,
     vid: u32,
+    fence: u64,
 }
 
 impl Renewer {
@@ -675,9 +719,11 @@ impl Renewer {
             .filter(|n| map.node(&n.id).is_some())
             .map(|node| async move {
                 let held = if node.id == self.view.self_id() {
-                    Ok(self.freezer.renew(self.vid, FREEZE_TTL))
+                    Ok(self.freezer.renew(self.vid, self.fence, FREEZE_TTL))
                 } else {
-                    let renew = self.peers.renew_freeze(node, self.vid, FREEZE_TTL);
+                    let renew = self
+                        .peers
+                        .renew_freeze(node, self.vid, self.fence, FREEZE_TTL);
                     match tokio::time::timeout(FREEZE_TTL / 3, renew).await {
                         Ok(answer) => answer.map_err(|e| e.to_string()),
                         Err(_) => Err("no answer".into()),
@@ -707,6 +753,7 @@ mod tests {
         let renewals = FreezeRenewals::default();
         let renewal = |id: u64| FreezeRenewal {
             id,
+            fence: id,
             task: tokio::spawn(std::future::pending::<()>()),
             nodes: Vec::new(),
             held_until: Arc::new(std::sync::Mutex::new(Instant::now())),
@@ -715,6 +762,7 @@ mod tests {
         let frozen = Frozen {
             vid: 7,
             id: 1,
+            fence: 1,
             renewals: renewals.clone(),
         };
         let task = renewals.lock().unwrap()[&7].task.abort_handle();
@@ -727,6 +775,7 @@ mod tests {
         drop(Frozen {
             vid: 7,
             id: 1,
+            fence: 1,
             renewals: renewals.clone(),
         });
         assert_eq!(renewals.lock().unwrap()[&7].id, 2);

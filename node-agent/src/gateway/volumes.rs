@@ -112,10 +112,10 @@ impl Gateway {
     async fn resize_locked(&self, name: &str, size: u64) -> Result<Inode> {
         let volume = self.open_volume(name).await?;
         let vid = volume.vid();
-        let _frozen = self.freeze_everywhere(vid).await?;
+        let frozen = self.freeze_everywhere(vid).await?;
         let result = self.resize_frozen(&volume, size).await;
         let change = result.as_ref().ok().map(|_| Change::Replaced(vid));
-        self.thaw_everywhere(vid, change).await;
+        self.thaw_everywhere(&frozen, change).await;
         let (old, new) = result?;
         tracing::info!(
             volume.name = name,

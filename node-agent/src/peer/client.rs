@@ -304,26 +304,48 @@ impl Peers {
         .map(drop)
     }
 
-    pub async fn freeze(&self, node: &NodeInfo, vid: u32, ttl: Duration) -> Reply<()> {
+    /// Freezes `vid` on `node` for operation `fence`; whether `node` took the freeze (it
+    /// refuses one that came after its operation's thaw, or after a newer operation's).
+    pub async fn freeze(
+        &self,
+        node: &NodeInfo,
+        vid: u32,
+        fence: u64,
+        ttl: Duration,
+    ) -> Reply<bool> {
         let req = v1::FreezeVolumeRequest {
             vid,
             ttl_ms: ttl.as_millis() as u64,
             renewal: false,
-        };
-        answer(node, self.client(node)?.freeze_volume(req).await).map(drop)
-    }
-
-    /// Extends a freeze `node` still holds; whether it held it.
-    pub async fn renew_freeze(&self, node: &NodeInfo, vid: u32, ttl: Duration) -> Reply<bool> {
-        let req = v1::FreezeVolumeRequest {
-            vid,
-            ttl_ms: ttl.as_millis() as u64,
-            renewal: true,
+            fence,
         };
         answer(node, self.client(node)?.freeze_volume(req).await).map(|r| r.held)
     }
 
-    pub async fn thaw(&self, node: &NodeInfo, vid: u32, change: Option<Change>) -> Reply<()> {
+    /// Extends a freeze `node` still holds for operation `fence`; whether it held it.
+    pub async fn renew_freeze(
+        &self,
+        node: &NodeInfo,
+        vid: u32,
+        fence: u64,
+        ttl: Duration,
+    ) -> Reply<bool> {
+        let req = v1::FreezeVolumeRequest {
+            vid,
+            ttl_ms: ttl.as_millis() as u64,
+            renewal: true,
+            fence,
+        };
+        answer(node, self.client(node)?.freeze_volume(req).await).map(|r| r.held)
+    }
+
+    pub async fn thaw(
+        &self,
+        node: &NodeInfo,
+        vid: u32,
+        fence: u64,
+        change: Option<Change>,
+    ) -> Reply<()> {
         use v1::thaw_volume_request::Outcome;
         let (outcome, successor_vid) = match change {
             None | Some(Change::Unknown) => (Outcome::Unchanged, 0),
@@ -334,6 +356,7 @@ impl Peers {
             vid,
             outcome: outcome as i32,
             successor_vid,
+            fence,
         };
         answer(node, self.client(node)?.thaw_volume(req).await).map(drop)
     }

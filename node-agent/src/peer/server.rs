@@ -313,10 +313,9 @@ impl PeerService for PeerApi {
         let req = req.into_inner();
         let ttl = std::time::Duration::from_millis(req.ttl_ms.clamp(1, 300_000));
         let held = if req.renewal {
-            self.freezer.renew(req.vid, ttl)
+            self.freezer.renew(req.vid, req.fence, ttl)
         } else {
-            self.freezer.freeze(req.vid, ttl).await;
-            true
+            self.freezer.freeze(req.vid, req.fence, ttl).await
         };
         Ok(Response::new(v1::FreezeVolumeResponse { held }))
     }
@@ -337,7 +336,7 @@ impl PeerService for PeerApi {
         {
             self.view.sealed.add(&[req.vid]);
         }
-        self.freezer.thaw(req.vid, change);
+        self.freezer.thaw(req.vid, req.fence, change);
         Ok(Response::new(v1::ThawVolumeResponse {}))
     }
 }
