@@ -29,7 +29,12 @@ impl Sheep {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| anyhow::anyhow!("--cluster {address:?} is not HOST:PORT: {e}"))?
             .connect_timeout(Duration::from_secs(3))
-            .timeout(CALL_TIMEOUT);
+            .timeout(CALL_TIMEOUT)
+            // Pings drop a connection that died (the sheep's host cut off, then back): without
+            // them every call on it would time out until TCP gives up, minutes later.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
         Ok(Self {
             volumes: VolumeServiceClient::new(channel.clone()),
