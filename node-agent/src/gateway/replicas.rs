@@ -430,6 +430,14 @@ impl Replicas {
                 continue;
             }
             if refused {
+                // Caught up with the refusing node's epoch: again at once, but within the
+                // deadline (a node whose map cannot be fetched would be retried for ever).
+                if Instant::now() > deadline {
+                    return Err(GatewayError::TimedOut {
+                        what: format!("object {oid}"),
+                        reason: "replicas kept refusing this node's epoch".into(),
+                    });
+                }
                 continue;
             }
             match retry {

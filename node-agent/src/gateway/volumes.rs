@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// How many inodes a directory load reads at once.
+const DIRECTORY_READS: usize = 16;
 /// How long a complete view of the volumes waits for a node that does not answer.
 const COMPLETE_VIEW_WAIT: Duration = Duration::from_secs(20);
 
@@ -268,9 +270,18 @@ impl Gateway {
     }
 
     async fn directory(&self, sight: Sight) -> Result<Directory> {
+        use futures::StreamExt;
+        let objects = self.inode_objects(sight).await?;
+        // Read a few at once: one slow inode (a replica cut off) must not add its I/O timeout
+        // to every other's.
+        let reads: Vec<_> = futures::stream::iter(objects)
+            .map(|(oid, copies)| async move { (oid, self.read_inode(oid, copies).await) })
+            .buffered(DIRECTORY_READS)
+            .collect()
+            .await;
         let mut inodes = Vec::new();
-        for (oid, copies) in self.inode_objects(sight).await? {
-            match self.read_inode(oid, copies).await {
+        for (oid, read) in reads {
+            match read {
                 Ok(inode) => inodes.push(inode),
                 Err(GatewayError::InvalidVolume(inode::InodeError::BadMagic)) => {}
                 Err(e) if sight == Sight::Complete => {

@@ -4,6 +4,9 @@ use super::ReplicaError;
 use super::frames::Request as FrameRequest;
 use crate::cluster::{ClusterView, Epoch};
 use crate::freeze::{Change, Freezer};
+
+/// How long a freeze waits for the writes in flight on this node before it is refused.
+const FREEZE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 use crate::local::{Local, Mutation};
 use crate::store::{Copy, ObjectSpec};
 use bytes::Bytes;
@@ -315,7 +318,11 @@ impl PeerService for PeerApi {
         let held = if req.renewal {
             self.freezer.renew(req.vid, req.fence, ttl)
         } else {
-            self.freezer.freeze(req.vid, req.fence, ttl).await
+            // Queued behind writes in flight, a freeze holds new writes back: give up (the
+            // caller retries or fails) rather than wait past the caller's own time limit.
+            tokio::time::timeout(FREEZE_WAIT, self.freezer.freeze(req.vid, req.fence, ttl))
+                .await
+                .unwrap_or(false)
         };
         Ok(Response::new(v1::FreezeVolumeResponse { held }))
     }
