@@ -223,6 +223,8 @@ impl Lab {
         };
         let inner = ["ip", "netns", "exec", &node.netns, "nft"];
         if cut {
+            // Marked first, so that the lab's drop removes the table even if the next fails.
+            node.partitioned = true;
             ok(Command::new("nft").arg(rules(&node.link)));
             ok(Command::new(inner[0])
                 .args(&inner[1..])

@@ -274,21 +274,28 @@ fn a_node_partitioned_with_requests_in_flight_is_back_within_seconds_of_the_heal
     ok(&mut lab.dog(0, &["vdi", "create", "held", "64M"]));
     qemu_io(&lab.nbd_uri(0, "held"), &["write -P 0x11 0 64M", "flush"]);
 
-    lab.set_silent_cut(3, true);
-    // Replica writes from node 0 to node 3 are in flight when the link goes.
-    let mut writer = Command::new("qemu-io")
+    // Replica writes from node 0 to node 3 are in flight when the packets stop.
+    let writer = Command::new("qemu-io")
         .args(["-f", "raw", "-c", "write -P 0x22 0 64M", "-c", "flush"])
         .arg(lab.nbd_uri(0, "held"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.set_silent_cut(3, true);
     wait_for(
         "the map to drop the cut-off node",
         Duration::from_secs(30),
         || (nodes(&lab, 0) == Some(3)).then_some(()),
     );
-    assert!(writer.wait().unwrap().success(), "the rewrite failed");
+    let out = writer.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !text.contains("failed"),
+        "the rewrite failed: {text}"
+    );
+    let epoch = |lab: &Lab, via: u16| lab.info(via).and_then(|info| info["epoch"].as_u64());
     std::thread::sleep(Duration::from_secs(25));
 
     lab.set_silent_cut(3, false);
@@ -296,7 +303,9 @@ fn a_node_partitioned_with_requests_in_flight_is_back_within_seconds_of_the_heal
     let back = Duration::from_secs(10);
     let mut rejoined = None;
     while healed.elapsed() < back {
-        if nodes(&lab, 0) == Some(4) && nodes(&lab, 3) == Some(4) {
+        // In the map, and on its epoch: node 3 itself still had the 4-node map of before.
+        if nodes(&lab, 0) == Some(4) && epoch(&lab, 3).is_some() && epoch(&lab, 3) == epoch(&lab, 0)
+        {
             rejoined = Some(healed.elapsed());
             break;
         }

@@ -305,16 +305,20 @@ impl CoordinatorService for Coordinator {
             .acquire(&req.name, &req.holder, req.shared, now, until);
         Ok(Response::new(match granted {
             Ok(new) => {
-                let token = match (new, req.fenced) {
+                let token = match (new, req.fenced, req.renewal) {
                     // A holder renewing after a restart keeps its token while it is newest.
-                    (true, true) if req.renewal && req.token >= state.fence => {
+                    (true, true, true) if req.token >= state.fence => {
                         state.fence = req.token;
                         req.token
                     }
-                    (true, true) => {
+                    // A new hold, or a holder asking anew while its earlier hold is still
+                    // listed (that operation was cancelled, or its release was lost): a new
+                    // token, which also fences the earlier operation's writes.
+                    (true, true, _) | (false, true, false) => {
                         state.fence = next_token(state.fence);
                         state.fence
                     }
+                    // A renewal: the holder keeps its token.
                     _ => 0,
                 };
                 LockResponse {

@@ -170,8 +170,8 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         // A caller cut off by a partition never sends the reset of the request it gave up on:
         // the pings drop its connection, and with it the handlers still waiting for it (a
         // freeze queued behind writes in flight would otherwise hold new writes back).
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
+        .http2_keepalive_interval(Some(peer::KEEP_ALIVE))
+        .http2_keepalive_timeout(Some(peer::KEEP_ALIVE_TIMEOUT))
         .initial_stream_window_size(Some(peer::WINDOW))
         .initial_connection_window_size(Some(4 * peer::WINDOW))
         .add_routes(tonic::service::Routes::from(routes))

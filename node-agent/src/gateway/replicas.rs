@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Pause before sending a change again to a replica that refused this node's epoch, once
+/// caught up: short, since a map change is the common case, but no hot loop if it persists.
+const EPOCH_RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// Pause between attempts while a replica is unreachable.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -438,6 +441,7 @@ impl Replicas {
                         reason: "replicas kept refusing this node's epoch".into(),
                     });
                 }
+                tokio::time::sleep(EPOCH_RETRY_PAUSE).await;
                 continue;
             }
             match retry {

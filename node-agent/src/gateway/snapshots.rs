@@ -455,13 +455,14 @@ impl Gateway {
                         Err(_) => Err("no answer".to_string()),
                     }
                 };
-                let attempt = attempt.and_then(|held| {
-                    held.then_some(()).ok_or_else(|| {
-                        "refused: a newer operation froze or thawed the volume there".to_string()
-                    })
-                });
                 match attempt {
-                    Ok(()) => break Ok(true),
+                    Ok(true) => break Ok(true),
+                    // Refused for this fence: asking again cannot change that.
+                    Ok(false) => {
+                        break Err(
+                            "refused: a newer operation froze or thawed the volume there".into(),
+                        );
+                    }
                     Err(_)
                         if !self
                             .replicas
@@ -482,9 +483,11 @@ impl Gateway {
                 Ok(true) => frozen.push(node),
                 Ok(false) => {}
                 Err(reason) => {
-                    for node in &frozen {
-                        self.thaw_node(node, vid, fence, None).await;
-                    }
+                    // Every node, not only those that answered: a freeze still on its way to
+                    // one that did not is then refused when it arrives.
+                    let map = self.replicas.view().current().map.nodes.clone();
+                    let thaws = map.iter().map(|n| self.thaw_node(n, vid, fence, None));
+                    futures::future::join_all(thaws).await;
                     return Err(GatewayError::TimedOut {
                         what: format!("freezing writes to vid {vid} on node {}", node.id),
                         reason,
