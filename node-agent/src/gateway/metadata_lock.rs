@@ -289,6 +289,28 @@ mod tests {
         running.task.abort();
     }
 
+    /// A cancelled operation drops its hold without a release; the gateway's next operation
+    /// asks while the old hold is still listed. It must get a token of its own, newer than the
+    /// old one (it got 0, which fences nothing and made every node refuse its freezes).
+    #[tokio::test]
+    async fn a_holder_asking_again_before_its_old_hold_expired_gets_a_newer_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = coordinator(dir.path(), free_port()).await;
+        let lock = lock_for(&running, "gateway-a");
+        let held = lock.acquire().await.unwrap();
+        let first = lock.token();
+        assert!(first > 0);
+        drop(held);
+        let again = lock.acquire().await.unwrap();
+        assert!(
+            lock.token() > first,
+            "token {} after {first}: the second operation needs a newer one",
+            lock.token()
+        );
+        lock.release(again).await;
+        running.task.abort();
+    }
+
     #[tokio::test]
     async fn a_holder_whose_lock_was_taken_stops_before_its_commit() {
         let dir = tempfile::tempdir().unwrap();
