@@ -111,8 +111,8 @@ impl Freezer {
             let guard = lock.write_owned().await;
             let mut gates = self.gates.lock().unwrap();
             let gate = gates.entry(vid).or_default();
-            if fence <= gate.thawed || gate.held.as_ref().is_some_and(|h| h.fence > fence) {
-                // Thawed, or frozen by a newer operation, while this waited for the writes.
+            if fence <= gate.thawed {
+                // Thawed while this waited for the writes.
                 return false;
             }
             gate.held = Some(Held {

@@ -313,13 +313,7 @@ impl Peers {
         fence: u64,
         ttl: Duration,
     ) -> Reply<bool> {
-        let req = v1::FreezeVolumeRequest {
-            vid,
-            ttl_ms: ttl.as_millis() as u64,
-            renewal: false,
-            fence,
-        };
-        answer(node, self.client(node)?.freeze_volume(req).await).map(|r| r.held)
+        self.freeze_volume(node, vid, fence, ttl, false).await
     }
 
     /// Extends a freeze `node` still holds for operation `fence`; whether it held it.
@@ -330,10 +324,21 @@ impl Peers {
         fence: u64,
         ttl: Duration,
     ) -> Reply<bool> {
+        self.freeze_volume(node, vid, fence, ttl, true).await
+    }
+
+    async fn freeze_volume(
+        &self,
+        node: &NodeInfo,
+        vid: u32,
+        fence: u64,
+        ttl: Duration,
+        renewal: bool,
+    ) -> Reply<bool> {
         let req = v1::FreezeVolumeRequest {
             vid,
             ttl_ms: ttl.as_millis() as u64,
-            renewal: true,
+            renewal,
             fence,
         };
         answer(node, self.client(node)?.freeze_volume(req).await).map(|r| r.held)
