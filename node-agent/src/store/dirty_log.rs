@@ -135,6 +135,12 @@ impl DirtyLog {
         self.pending.extend(objects);
     }
 
+    /// The generation of new entries: one more after every checkpoint.
+    #[cfg(test)]
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Starts a new generation holding just the objects written since `take_pending`.
     pub fn checkpoint(&mut self) -> io::Result<()> {
         let generation = self.generation.max(self.newest) + 1;
