@@ -15,7 +15,10 @@ sequences of writes whose outcome is unknown (failed or in flight when a connect
 and which acknowledged writes a completed FLUSH made durable.
 
 While writing, each client reads back blocks other clients wrote, through its own gateway:
-a read older than a write acknowledged before the read was sent is a stale read. `verify`
+a read older than a write acknowledged before the read was sent is a stale read. When the
+whole cluster loses power (the harness counts such cuts in the file STATE.cuts), writes
+acknowledged but not flushed before it may be gone: from then on a read is judged against the
+flushed writes and the writes acknowledged since, and a read that spans a cut is not judged. `verify`
 reads every block through every gateway: a block older than its acknowledged write is lost,
 a block with a bad checksum or wrong header is corrupt, and gateways that disagree are
 counted. Both print a JSON summary; the state file carries what `verify` needs.
@@ -53,7 +56,7 @@ def parse(data):
 
 
 class Shared:
-    def __init__(self, blocks):
+    def __init__(self, blocks, cuts_path):
         self.lock = threading.Lock()
         self.seq = 0
         self.acked = {}
@@ -61,24 +64,50 @@ class Shared:
         self.uncertain = {}
         self.stale = []
         self.blocks = blocks
+        # Acknowledged writes no whole-cluster power cut has happened since: a read must not
+        # be older than these nor than the durable ones.
+        self.floor = {}
+        self.cuts_path = cuts_path
+        self.cuts = 0
+
+    def whole_cuts(self):
+        """How many times the whole cluster has lost power (the harness counts them)."""
+        try:
+            with open(self.cuts_path) as f:
+                return int(f.read().strip() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def _refresh(self):
+        """Forgets the unflushed writes of the cluster before its latest power cut (lock held)."""
+        cuts = self.whole_cuts()
+        if cuts != self.cuts:
+            self.cuts = cuts
+            self.floor = {}
+        return cuts
 
     def next_seq(self):
         with self.lock:
             self.seq += 1
             return self.seq
 
-    def ack(self, block, seq):
+    def ack(self, block, seq, cuts_at_send):
         with self.lock:
             if seq > self.acked.get(block, 0):
                 self.acked[block] = seq
+            # A write sent before a whole-cluster cut may be gone even if its reply came.
+            if self._refresh() == cuts_at_send and seq > self.floor.get(block, 0):
+                self.floor[block] = seq
 
     def unknown(self, block, seq):
         with self.lock:
             self.uncertain.setdefault(block, []).append(seq)
 
-    def snapshot(self, block):
+    def expected(self, block):
+        """(oldest sequence a read may return, whole cuts so far)."""
         with self.lock:
-            return self.acked.get(block, 0)
+            cuts = self._refresh()
+            return max(self.floor.get(block, 0), self.durable.get(block, 0)), cuts
 
 
 class Client(threading.Thread):
@@ -126,9 +155,11 @@ class Client(threading.Thread):
         if not other:
             return
         block = self.rng.choice(other)
-        want = self.shared.snapshot(block)
+        want, cuts = self.shared.expected(block)
         data = self.handle.pread(BLOCK, block * BLOCK)
         self.stats["reads"] += 1
+        if self.shared.whole_cuts() != cuts:
+            return
         got = parse(data)
         seq = 0 if got == "zero" else (got[1] if got and got[0] == block else -1)
         if seq < want:
@@ -155,8 +186,9 @@ class Client(threading.Thread):
                     seq = self.shared.next_seq()
                     buf = nbd.Buffer.from_bytearray(bytearray(record(block, seq, self.index)))
                     flags = nbd.CMD_FLAG_FUA if self.rng.random() < 0.1 else 0
+                    cuts = self.shared.whole_cuts()
                     cookie = self.handle.aio_pwrite(buf, block * BLOCK, flags=flags)
-                    inflight[cookie] = (block, seq, time.monotonic(), buf)
+                    inflight[cookie] = (block, seq, time.monotonic(), (buf, cuts))
                     busy.add(block)
                 if writing and pending_flush is None and len(since_flush) >= 16:
                     cookie = self.handle.aio_flush()
@@ -166,7 +198,7 @@ class Client(threading.Thread):
                 self.handle.poll(100)
                 now = time.monotonic()
                 for cookie in list(inflight):
-                    block, seq, sent, _ = inflight[cookie]
+                    block, seq, sent, sending = inflight[cookie]
                     if now - sent > COMMAND_DEADLINE:
                         raise nbd.Error(f"no reply in {COMMAND_DEADLINE}s")
                     if not self.handle.aio_command_completed(cookie):
@@ -181,7 +213,7 @@ class Client(threading.Thread):
                         pending_flush = None
                         continue
                     busy.discard(block)
-                    self.shared.ack(block, seq)
+                    self.shared.ack(block, seq, sending[1])
                     since_flush.append((block, seq))
                     self.stats["writes"] += 1
                     self.max_stall = max(self.max_stall, now - last_ok)
@@ -209,7 +241,7 @@ class Client(threading.Thread):
 
 
 def run(uris, state_path, seconds, blocks, clients, qd, seed):
-    shared = Shared(blocks)
+    shared = Shared(blocks, state_path + ".cuts")
     threads = [Client(i, uris, shared, seconds, clients, qd, seed) for i in range(clients)]
     for t in threads:
         t.start()

@@ -4,7 +4,8 @@
 //! `sheepdog_e2e::lab`), creates a volume, and runs `e2e/checker/torture.py`: several clients,
 //! each through another gateway, writing versioned, checksummed blocks of shared objects with
 //! FUA and FLUSH at queue depth > 1, and reading each other's blocks back through their own
-//! gateway (a stale read is an error). Meanwhile a schedule drawn from the seed kills,
+//! gateway (a stale read is an error; after a whole-cluster power cut, one older than the
+//! last flush before it). Meanwhile a schedule drawn from the seed kills,
 //! restarts, partitions and heals nodes, adds one and takes it away again, and takes
 //! snapshots, grows the volume and runs `dog cluster check --repair`. Half the schedules keep
 //! every node's data on lazyfs (`e2e/lazyfs`) and also cut the power of one node or of the
@@ -18,7 +19,7 @@
 
 use sheepdog_e2e::lab::Lab;
 use sheepdog_e2e::{ok, require, run, wait_for};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -131,6 +132,9 @@ struct Run {
     /// Whether partitions drop packets silently (even seeds) or take the link down (odd
     /// seeds: the kernel then reports the lost neighbour to the senders).
     silent_cuts: bool,
+    /// Whole-cluster power cuts so far, which the checker reads from `<state>.cuts`: writes
+    /// acknowledged but not flushed before one may be gone, and it judges reads by that.
+    whole_cuts: u32,
 }
 
 impl Run {
@@ -153,6 +157,11 @@ impl Run {
                     let report = self.lab.power_cut(n);
                     eprintln!("  power cut of node {n}: {report}");
                 }
+                self.whole_cuts += 1;
+                let cuts = self.state().with_extension("json.cuts");
+                let next = self.state().with_extension("json.cuts.new");
+                std::fs::write(&next, self.whole_cuts.to_string()).unwrap();
+                std::fs::rename(&next, &cuts).unwrap();
                 for n in 0..NODES {
                     self.lab.start_node(n);
                 }
@@ -188,6 +197,11 @@ impl Run {
                 eprintln!("  repair: {}", outcome(&out));
             }
         }
+    }
+
+    /// The checker's state file.
+    fn state(&self) -> PathBuf {
+        self.lab.dir.path().join("torture.json")
     }
 
     /// Every node that should be a member at the end.
@@ -230,6 +244,7 @@ fn torture(seed: u64) -> Result<String, String> {
         left: Vec::new(),
         size_mib: u64::from(BLOCKS) * 4 / 1024,
         silent_cuts,
+        whole_cuts: 0,
     };
     wait_for("the lab's map", Duration::from_secs(30), || {
         (run_.lab.info(0)?["nodes"].as_array()?.len() == NODES as usize).then_some(())
@@ -237,7 +252,7 @@ fn torture(seed: u64) -> Result<String, String> {
     let size = format!("{}M", run_.size_mib);
     ok(&mut run_.lab.dog(0, &["vdi", "create", VOLUME, &size]));
     let uris: Vec<String> = (0..NODES).map(|n| run_.lab.nbd_uri(n, SHARED)).collect();
-    let state = run_.lab.dir.path().join("torture.json");
+    let state = run_.state();
     let seconds: u64 = steps.iter().map(|(_, pause)| pause).sum::<u64>() / 1000 + 4;
     let writer = checker()
         .args(["run", &uris.join(","), state.to_str().unwrap()])
