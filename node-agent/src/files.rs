@@ -17,7 +17,7 @@ use crate::gateway::{Gateway, GatewayError, Volume};
 use crate::nbd::errors::errno;
 use crate::nbd::proto::{CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
@@ -32,6 +32,8 @@ const TTL: Duration = Duration::ZERO;
 const ROOT: u64 = 1;
 /// Largest read or write the kernel sends in one request.
 const MAX_IO: u32 = 1 << 20;
+/// Requests the kernel keeps in flight to the file system at once (a loop device queues 128).
+const MAX_IN_FLIGHT: u16 = 128;
 /// The fallocate mode of a discard: punch a hole, keep the size.
 const PUNCH_HOLE: i32 = 0x02 | 0x01;
 
@@ -316,6 +318,11 @@ impl Filesystem for Files {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(0);
+        // The loop device submits direct I/O asynchronously: without async DIO the kernel
+        // would wait for each request before sending the next (queue depth 1), and without
+        // more background requests than the default 16 a deep queue would stall in the kernel.
+        let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
+        let _ = config.set_max_background(MAX_IN_FLIGHT);
         Ok(())
     }
 
@@ -352,7 +359,11 @@ impl Filesystem for Files {
             return reply.error(Errno::EROFS);
         }
         file.opened += 1;
-        reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_DIRECT_IO);
+        // Direct writes of one file run in parallel (Linux 6.2 and later; older kernels
+        // ignore the flag and serialize them), as NBD requests do: the loop device queues
+        // many at once, and the gateway orders nothing between them either.
+        let flags = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
+        reply.opened(FileHandle(ino.0), flags);
     }
 
     fn release(
