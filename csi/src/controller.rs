@@ -499,10 +499,11 @@ impl ControllerService for Controller {
             .collect();
         volumes.sort_by(|a, b| a.name.cmp(&b.name));
         let (volumes, next_token) = page(volumes, &req.starting_token, req.max_entries)?;
+        let mut published = self.sheep.published_nodes().await?;
         let mut entries = Vec::with_capacity(volumes.len());
         for volume in volumes {
             let status = list_volumes_response::VolumeStatus {
-                published_node_ids: Vec::new(),
+                published_node_ids: published.remove(&volume.name).unwrap_or_default(),
                 volume_condition: Some(self.condition(&volume).await?),
             };
             entries.push(list_volumes_response::Entry {
@@ -562,6 +563,7 @@ impl ControllerService for Controller {
         let capabilities = [
             Rpc::CreateDeleteVolume,
             Rpc::ListVolumes,
+            Rpc::ListVolumesPublishedNodes,
             Rpc::GetCapacity,
             Rpc::CreateDeleteSnapshot,
             Rpc::ListSnapshots,
@@ -715,8 +717,9 @@ impl ControllerService for Controller {
     ) -> Reply<Response<ControllerGetVolumeResponse>> {
         let id = required(&req.get_ref().volume_id, "volume_id")?;
         let volume = self.existing_volume(id).await?;
+        let mut published = self.sheep.published_nodes().await?;
         let status = controller_get_volume_response::VolumeStatus {
-            published_node_ids: Vec::new(),
+            published_node_ids: published.remove(&volume.name).unwrap_or_default(),
             volume_condition: Some(self.condition(&volume).await?),
         };
         Ok(Response::new(ControllerGetVolumeResponse {

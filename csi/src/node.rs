@@ -168,7 +168,10 @@ impl NodeService for Node {
                 "volume {volume_id:?} does not exist"
             )));
         }
-        let file = self.sheep.export_file(volume_id, shared, read_only).await?;
+        let file = self
+            .sheep
+            .export_file(volume_id, shared, read_only, &self.node_id)
+            .await?;
         let file = PathBuf::from(file.path);
         let device = host::attach_loop(&file, read_only)?;
         let fs_type = match access {
@@ -433,7 +436,7 @@ impl NodeService for Node {
         // Exporting again makes the file take the volume's new size; then the loop device.
         let file = self
             .sheep
-            .export_file(volume_id, staged.shared, staged.read_only)
+            .export_file(volume_id, staged.shared, staged.read_only, &self.node_id)
             .await?;
         let required_bytes = req
             .capacity_range

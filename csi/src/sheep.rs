@@ -6,6 +6,7 @@
 use sheepdog_api::v1::cluster_service_client::ClusterServiceClient;
 use sheepdog_api::v1::volume_service_client::VolumeServiceClient;
 use sheepdog_api::v1::{self as api};
+use std::collections::HashMap;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -13,6 +14,8 @@ use tonic::{Code, Status};
 /// How long one call to the sheep may take: metadata operations wait for the cluster-wide
 /// lock (30 s at most) and for freezes.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to say which volumes it has exported, for ListVolumes.
+const EXPORTS_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
 pub struct Sheep {
@@ -26,10 +29,14 @@ pub type Reply<T> = Result<T, Status>;
 impl Sheep {
     /// A client of the sheep at `address` (HOST:PORT), connected when first used.
     pub fn connect(address: &str) -> anyhow::Result<Self> {
+        Self::connect_with(address, CALL_TIMEOUT)
+    }
+
+    fn connect_with(address: &str, timeout: Duration) -> anyhow::Result<Self> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| anyhow::anyhow!("--cluster {address:?} is not HOST:PORT: {e}"))?
             .connect_timeout(Duration::from_secs(3))
-            .timeout(CALL_TIMEOUT)
+            .timeout(timeout)
             // Pings drop a connection that died (the sheep's host cut off, then back): without
             // them every call on it would time out until TCP gives up, minutes later.
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -118,17 +125,20 @@ impl Sheep {
         self.answer(&format!("cloning {source}@{tag} as {name:?}"), reply)
     }
 
-    /// Exposes `name` as a file on the sheep's host (idempotent; the size follows the volume).
+    /// Exposes `name` as a file on the sheep's host for the CSI node `client` (idempotent;
+    /// the size follows the volume).
     pub async fn export_file(
         &self,
         name: &str,
         shared: bool,
         read_only: bool,
+        client: &str,
     ) -> Reply<api::ExportedFile> {
         let request = api::ExportFileRequest {
             name: name.into(),
             shared,
             read_only,
+            client: client.into(),
         };
         let reply = self.volumes.clone().export_file(request).await;
         let what = format!("exposing volume {name:?} as a file on this node");
@@ -142,6 +152,46 @@ impl Sheep {
         let reply = self.volumes.clone().unexport_file(request).await;
         self.answer(&format!("removing the file of volume {name:?}"), reply)
             .map(drop)
+    }
+
+    /// The CSI nodes each volume is exported to as a file, by volume name, asked of every node
+    /// of the cluster at once. A node that does not answer within [`EXPORTS_TIMEOUT`] is left
+    /// out and logged: the spec lets the list miss nodes, and a CO must cope with that.
+    pub async fn published_nodes(&self) -> Reply<HashMap<String, Vec<String>>> {
+        let nodes = self.cluster_info().await?.nodes;
+        let mut asks = tokio::task::JoinSet::new();
+        for node in nodes {
+            asks.spawn(async move {
+                let sheep = Sheep::connect_with(&node.peer_addr, EXPORTS_TIMEOUT)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let reply = sheep
+                    .volumes
+                    .clone()
+                    .list_exported_files(api::ListExportedFilesRequest {})
+                    .await;
+                let what = format!("listing the exported files of node {}", node.id);
+                Ok::<_, Status>(sheep.answer(&what, reply)?.files)
+            });
+        }
+        let mut published: HashMap<String, Vec<String>> = HashMap::new();
+        while let Some(asked) = asks.join_next().await {
+            let files = match asked {
+                Ok(Ok(files)) => files,
+                Ok(Err(status)) => {
+                    tracing::warn!(error = %status.message(), "leaving a node's attachments out of the published nodes");
+                    continue;
+                }
+                Err(e) => return Err(Status::internal(format!("asking a node: {e}"))),
+            };
+            for file in files {
+                published.entry(file.name).or_default().extend(file.clients);
+            }
+        }
+        for clients in published.values_mut() {
+            clients.sort();
+            clients.dedup();
+        }
+        Ok(published)
     }
 
     /// The sheep's answer, or its failure as the CSI status to return.

@@ -1,5 +1,5 @@
 //! The CSI driver under test: `sheepdog-csi all` on a unix socket of its own, against a
-//! cluster's node 0, and the conformance suite csi-sanity to run against it.
+//! cluster's node (node 0 unless told), and the conformance suite csi-sanity to run against it.
 
 use crate::{Cluster, bin_dir};
 use std::path::{Path, PathBuf};
@@ -14,8 +14,14 @@ pub struct Csi {
 }
 
 impl Csi {
-    /// Starts the driver (every service) for `cluster`, as node `node_id`; waits for its socket.
+    /// Starts the driver (every service) for `cluster`'s node 0, as CSI node `node_id`; waits
+    /// for its socket.
     pub fn start(cluster: &Cluster, node_id: &str) -> Self {
+        Self::start_on(cluster, 0, node_id)
+    }
+
+    /// Starts the driver against the cluster's node `node` (its local sheep), as `node_id`.
+    pub fn start_on(cluster: &Cluster, node: u16, node_id: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("csi.sock");
         let log = std::fs::File::create(dir.path().join("csi.log")).unwrap();
@@ -30,7 +36,10 @@ impl Csi {
             .arg("--endpoint")
             .arg(format!("unix://{}", socket.display()))
             .args(["--node-id", node_id])
-            .args(["--cluster", &format!("127.0.0.1:{}", cluster.peer_port)])
+            .args([
+                "--cluster",
+                &format!("127.0.0.1:{}", cluster.peer_port + node),
+            ])
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .stdin(Stdio::null())

@@ -397,3 +397,110 @@ fn a_block_device_keeps_working_while_a_storage_node_is_killed() {
         csi.log()
     );
 }
+
+/// A live migration's disk: one ReadWriteMany Block volume staged and published on two nodes
+/// at once, each node plugin on its own sheep. ListVolumes and ControllerGetVolume report the
+/// nodes it is published on as they come and go, and what one node writes the other reads.
+#[test]
+fn a_shared_block_volume_is_published_on_two_nodes_and_reported_on_both() {
+    let cluster = Cluster::start_with(2, "3s");
+    let csi = [
+        Csi::start_on(&cluster, 0, "node-a"),
+        Csi::start_on(&cluster, 1, "node-b"),
+    ];
+    let cap = capability(block(), Mode::MultiNodeMultiWriter);
+    let paths: Vec<_> = csi
+        .iter()
+        .map(|c| (c.dir.path().join("staging"), c.dir.path().join("pod/dev")))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The published nodes of the volume as node-b's controller lists them, and as node-a's
+    // controller reports the volume.
+    let published = |id: String| {
+        runtime.block_on(async {
+            let mut b = connect(&csi[1].socket).await;
+            let listed = b
+                .controller
+                .list_volumes(ListVolumesRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            let entry = listed
+                .entries
+                .into_iter()
+                .find(|e| e.volume.as_ref().unwrap().volume_id == id)
+                .expect("the volume is listed");
+            let mut a = connect(&csi[0].socket).await;
+            let got = a
+                .controller
+                .controller_get_volume(ControllerGetVolumeRequest { volume_id: id })
+                .await
+                .unwrap()
+                .into_inner();
+            let from_get = got.status.unwrap().published_node_ids;
+            let from_list = entry.status.unwrap().published_node_ids;
+            assert_eq!(
+                from_list, from_get,
+                "ListVolumes and ControllerGetVolume disagree"
+            );
+            from_list
+        })
+    };
+    let id = runtime.block_on(async {
+        let mut a = connect(&csi[0].socket).await;
+        a.create("pvc-migrating", 64 * MIB, None, &cap)
+            .await
+            .volume_id
+    });
+    assert_eq!(published(id.clone()), Vec::<String>::new());
+    for (k, c) in csi.iter().enumerate() {
+        let (staging, target) = &paths[k];
+        std::fs::create_dir_all(staging).unwrap();
+        runtime.block_on(async {
+            let mut client = connect(&c.socket).await;
+            client.stage(&id, staging, &cap).await;
+            client.publish(&id, staging, target, &cap).await;
+        });
+    }
+    assert_eq!(published(id.clone()), ["node-a", "node-b"]);
+    // node-a writes 1 MiB at 8 MiB with direct I/O and flushes; node-b reads it back direct.
+    let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 + 3) as u8).collect();
+    let source = csi[0].dir.path().join("data");
+    std::fs::write(&source, &data).unwrap();
+    let dd = |args: &[String]| ok(Command::new("dd").args(args).arg("status=none"));
+    dd(&[
+        format!("if={}", source.display()),
+        format!("of={}", paths[0].1.display()),
+        "bs=1M".into(),
+        "seek=8".into(),
+        "oflag=direct".into(),
+        "conv=fsync,notrunc".into(),
+    ]);
+    let copy = csi[1].dir.path().join("read");
+    dd(&[
+        format!("if={}", paths[1].1.display()),
+        format!("of={}", copy.display()),
+        "bs=1M".into(),
+        "skip=8".into(),
+        "count=1".into(),
+        "iflag=direct".into(),
+    ]);
+    assert!(
+        std::fs::read(&copy).unwrap() == data,
+        "node-b read other data than node-a wrote"
+    );
+    // node-a leaves (the migration's source), then node-b.
+    for (k, left) in [(0, vec!["node-b"]), (1, vec![])] {
+        let (staging, target) = &paths[k];
+        runtime.block_on(async {
+            let mut client = connect(&csi[k].socket).await;
+            client.unpublish(&id, target).await;
+            client.unstage(&id, staging).await;
+        });
+        assert_eq!(published(id.clone()), left);
+    }
+    runtime.block_on(async { connect(&csi[0].socket).await.delete(&id).await });
+    for c in &csi {
+        assert_eq!(leftovers(c, &cluster), Vec::<String>::new(), "{}", c.log());
+    }
+}

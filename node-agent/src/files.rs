@@ -21,7 +21,7 @@ use fuser::{
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -63,6 +63,8 @@ struct File {
     attachment: Option<Attachment>,
     shared: bool,
     opened: u32,
+    /// Who asked for the export (the CSI node ids), for the API to report.
+    clients: BTreeSet<String>,
 }
 
 impl File {
@@ -71,6 +73,12 @@ impl File {
             (true, _) => "read-only",
             (false, true) => "shared",
             (false, false) => "for its only writer",
+        }
+    }
+
+    fn add_client(&mut self, client: &str) {
+        if !client.is_empty() {
+            self.clients.insert(client.to_owned());
         }
     }
 }
@@ -89,6 +97,10 @@ impl Table {
             .find(|(_, f)| f.name == name)
             .map(|(&ino, f)| (ino, f))
     }
+
+    fn by_name_mut(&mut self, name: &str) -> Option<&mut File> {
+        self.files.values_mut().find(|f| f.name == name)
+    }
 }
 
 /// An exported file, as the API reports it.
@@ -100,6 +112,7 @@ pub struct Exported {
     pub shared: bool,
     pub read_only: bool,
     pub opened: u32,
+    pub clients: Vec<String>,
 }
 
 pub struct VolumeFiles {
@@ -123,24 +136,27 @@ impl VolumeFiles {
     }
 
     /// Exports `name` (idempotent), attaching it unless read-only; refreshes its size.
+    /// `client` (if not empty) is added to the clients the file reports.
     pub async fn export(
         &self,
         name: &str,
         shared: bool,
         read_only: bool,
+        client: &str,
     ) -> Result<Exported, FilesError> {
         self.mount().await?;
         let read_only = read_only || name.contains('@');
         let volume = self.gateway.open_volume(name).await?;
         {
-            let table = self.table.lock().unwrap();
-            if let Some((_, file)) = table.by_name(name) {
+            let mut table = self.table.lock().unwrap();
+            if let Some(file) = table.by_name_mut(name) {
                 if file.shared != shared || file.attachment.is_none() != read_only {
                     return Err(FilesError::OtherAccess {
                         name: name.into(),
                         how: file.how(),
                     });
                 }
+                file.add_client(client);
                 return Ok(self.describe(file));
             }
         }
@@ -151,19 +167,22 @@ impl VolumeFiles {
             Some(attachments.attach(name, "file", shared).await?)
         };
         let mut table = self.table.lock().unwrap();
-        if let Some((_, file)) = table.by_name(name) {
+        if let Some(file) = table.by_name_mut(name) {
             // Exported meanwhile by a concurrent call: that one stands.
+            file.add_client(client);
             return Ok(self.describe(file));
         }
         let ino = table.next_ino;
         table.next_ino += 1;
-        let file = File {
+        let mut file = File {
             name: name.to_owned(),
             volume,
             attachment,
             shared,
             opened: 0,
+            clients: BTreeSet::new(),
         };
+        file.add_client(client);
         let exported = self.describe(&file);
         table.files.insert(ino, file);
         tracing::info!(volume.name = name, shared, read_only, path = %exported.path.display(), "exported as a file");
@@ -200,6 +219,7 @@ impl VolumeFiles {
             shared: file.shared,
             read_only: file.attachment.is_none(),
             opened: file.opened,
+            clients: file.clients.iter().cloned().collect(),
         }
     }
 

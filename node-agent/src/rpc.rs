@@ -121,6 +121,7 @@ fn exported(file: crate::files::Exported) -> v1::ExportedFile {
         shared: file.shared,
         read_only: file.read_only,
         opened: file.opened,
+        clients: file.clients,
     }
 }
 
@@ -299,7 +300,7 @@ impl VolumeService for VolumeApi {
         let req = req.into_inner();
         let file = self
             .files
-            .export(&req.name, req.shared, req.read_only)
+            .export(&req.name, req.shared, req.read_only, &req.client)
             .await
             .map_err(files_status)?;
         Ok(Response::new(v1::ExportFileResponse {
