@@ -132,18 +132,11 @@ impl Local {
                     .await
                     .map(|()| Applied::default());
             }
-            return Err(self.invalid(format!("object {oid} belongs to a deleted volume")));
         }
-        let garbage = matches!(change, Mutation::Remove { garbage: true, .. });
-        if !oid.is_inode() && !garbage && self.view.sealed.contains(oid.vid()) {
-            return Err(ReplicaError::Sealed {
-                node: self.node.clone(),
-                message: format!(
-                    "vid {} is no longer a working volume (snapshotted, rolled back or deleted); look the volume up again",
-                    oid.vid()
-                ),
-            });
-        }
+        self.check_vid(
+            oid,
+            matches!(change, Mutation::Remove { garbage: true, .. }),
+        )?;
         let fence = change.fence();
         if fence > 0
             && let Err(newest) = self.view.admit_fence(fence)
@@ -190,6 +183,7 @@ impl Local {
         spec: ObjectSpec,
         data: bytes::Bytes,
     ) -> Reply<bool> {
+        self.check_vid(oid, false)?;
         let _gate = self.gate.read().await;
         self.check_epoch(epoch)?;
         self.blocking(move |store| store.put_if_absent(oid, spec, &data))
@@ -207,6 +201,25 @@ impl Local {
         }
         drop(self.gate.write().await);
         self.drained.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// Refuses to create or change an object of a deleted volume, or data of a vid that is no
+    /// longer written (a late request from a gateway that missed a freeze); `garbage` removals
+    /// of a sealed vid's objects are allowed.
+    fn check_vid(&self, oid: ObjectId, garbage: bool) -> Reply<()> {
+        if self.view.retired.contains(oid.vid()) {
+            return Err(self.invalid(format!("object {oid} belongs to a deleted volume")));
+        }
+        if !oid.is_inode() && !garbage && self.view.sealed.contains(oid.vid()) {
+            return Err(ReplicaError::Sealed {
+                node: self.node.clone(),
+                message: format!(
+                    "vid {} is no longer a working volume (snapshotted, rolled back or deleted); look the volume up again",
+                    oid.vid()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Refuses a request for an epoch this node has left.
