@@ -14,12 +14,20 @@ Commands (offsets and lengths in bytes, BYTE a number such as 0xa1):
                                     KEY_A writes the even 4 KiB blocks of OFF+BLOCKS*4K,
                                     KEY_B the odd ones; each block names itself; then flush
   verify KEY OFF BLOCKS             pread the blocks of a race and check each one
+  chase KEY_A KEY_B OFF SECONDS [URI]
+                                    for SECONDS, round after round: write a numbered 4 KiB
+                                    block through KEY_A (into object n % 4 from OFF, with
+                                    objects of 4 MiB), then read it through KEY_B, which must
+                                    return that write, or what URI (a snapshot a rollback
+                                    went back to, read at the end) holds there: the rollback
+                                    came between; answers with the slowest read
 
 Answers start with "ok" or "bad" (a wrong read: what was found) or "error" (an NBD error).
 """
 import select
 import struct
 import sys
+import time
 import zlib
 
 import nbd
@@ -111,6 +119,44 @@ def verify(h, offset, blocks):
     return "ok"
 
 
+def chase_block(round_):
+    """Round `round_` of a chase: its number, a CRC, then fill."""
+    head = struct.pack(">Q", round_)
+    body = head + struct.pack(">I", zlib.crc32(head))
+    return body + bytes([0x5a]) * (BLOCK - len(body))
+
+
+def chase(a, b, offset, seconds, rolled_back_to=None):
+    rounds, wrong, slowest = 0, [], 0.0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        rounds += 1
+        at = offset + (rounds % 4) * 4 * 1024 * 1024
+        block = chase_block(rounds)
+        a.pwrite(block, at)
+        start = time.monotonic()
+        got = b.pread(BLOCK, at)
+        slowest = max(slowest, time.monotonic() - start)
+        if got != block:
+            wrong.append((rounds, at, got))
+    if rolled_back_to is not None:
+        snapshot = nbd.NBD()
+        snapshot.connect_uri(rolled_back_to)
+        wrong = [(r, at, got) for (r, at, got) in wrong if got != snapshot.pread(BLOCK, at)]
+        snapshot.shutdown()
+    stale = []
+    for r, at, got in wrong:
+        if not any(got):
+            found = "zeros"
+        else:
+            (was,) = struct.unpack_from(">Q", got)
+            found = f"round {was}" if got == chase_block(was) else "garbage"
+        stale.append(f"round {r} at {at:#x} read {found}")
+    if stale:
+        return f"bad {len(stale)} of {rounds} reads stale: {'; '.join(stale[:6])}"
+    return f"ok {rounds} rounds, slowest read {slowest * 1000:.0f} ms"
+
+
 def command(words):
     op = words[0]
     if op == "open":
@@ -136,6 +182,8 @@ def command(words):
         return "ok" if data == want else f"bad {describe(data, want)}"
     if op == "race":
         return race(h, handles[words[2]], int(words[3], 0), int(words[4]), int(words[5]))
+    if op == "chase":
+        return chase(h, handles[words[2]], int(words[3], 0), float(words[4]), *words[5:6])
     if op == "verify":
         return verify(h, int(words[2], 0), int(words[3]))
     return f"error unknown command {op}"

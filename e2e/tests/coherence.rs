@@ -277,6 +277,69 @@ fn two_gateways_see_each_others_first_writes() {
     findings.assert_none();
 }
 
+/// A review finding: reads did not wait at a frozen volume's gate. The gateway that runs a
+/// snapshot or rollback thaws itself at once, and its clients' writes go to the new vid; a
+/// node whose thaw is still on its way (here held 2 s by the test's fault injection) read the
+/// old vid meanwhile, and returned data older than an acknowledged write (after a rollback,
+/// possibly zeros, once GC had freed it). A client writes through node 0 and reads each write
+/// back at once through node 1, round after round, while node 0 snapshots the volume, and
+/// again while it rolls the volume back: every read returns the write just before it, or
+/// (only across the rollback) what the snapshot holds there.
+#[test]
+fn a_gateway_thawed_late_never_reads_the_vid_a_snapshot_or_rollback_replaced() {
+    let cluster = Cluster::start_with_env(3, FAILURE_TIMEOUT, &[("SHEEP_INJECT_THAW_DELAY", "2s")]);
+    ok(&mut cluster.dog(&["vdi", "create", "vm1", "64M"]));
+    // Objects 0 and 1 hold data before the snapshot (copy-on-write), 2 and 3 do not.
+    qemu_io(
+        &cluster.nbd_uri_on(0, "vm1"),
+        &["write -P 0x11 0 8M", "flush"],
+    );
+    let mut session = NbdSession::start();
+    session.ok(&format!("open n0 {}", cluster.nbd_uri_on(0, "vm1/shared")));
+    session.ok(&format!("open n1 {}", cluster.nbd_uri_on(1, "vm1/shared")));
+    let snapshot_uri = cluster.nbd_uri_on(2, "vm1@s1");
+    for (what, args, chase) in [
+        (
+            "snapshot",
+            ["snapshot", "-s", "s1", "vm1"],
+            "chase n0 n1 0 4".to_owned(),
+        ),
+        (
+            "rollback",
+            ["rollback", "-s", "s1", "vm1"],
+            format!("chase n0 n1 0 4 {snapshot_uri}"),
+        ),
+    ] {
+        let (answer, out) = std::thread::scope(|scope| {
+            let operation = scope.spawn(|| {
+                std::thread::sleep(Duration::from_secs(1));
+                run(&mut cluster.dog(&[&["vdi"][..], &args].concat()))
+            });
+            let answer = session.send(&chase);
+            (answer, operation.join().unwrap())
+        });
+        eprintln!("chase across the {what}: {answer}");
+        assert!(
+            out.status.success(),
+            "the {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            answer.starts_with("ok"),
+            "node 1 read stale data across the {what}: {answer}"
+        );
+        let slowest: u64 = answer
+            .split("slowest read ")
+            .nth(1)
+            .and_then(|ms| ms.trim_end_matches(" ms").parse().ok())
+            .unwrap();
+        assert!(
+            slowest >= 1000,
+            "no read on node 1 waited for its late thaw: the {what} did not freeze it ({answer})"
+        );
+    }
+}
+
 /// A fourth node joins with its recovery throttled to 256 KiB/s; the whole volume is
 /// rewritten while it recovers, the node dies, and the three left hold every write.
 #[test]

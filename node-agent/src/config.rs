@@ -75,6 +75,10 @@ pub struct SheepConfig {
     /// Recovery bandwidth limit per node, e.g. 200M (bytes per second); 0 for none.
     #[arg(long, env = "SHEEP_RECOVERY_BANDWIDTH", default_value = "0", value_parser = parse_bytes)]
     pub recovery_bandwidth: u64,
+    /// Fault injection for tests: hold every ThawVolume request this long before it takes
+    /// effect, as a slow link to this node would. Never set it in production.
+    #[arg(long, env = "SHEEP_INJECT_THAW_DELAY", default_value = "0s", value_parser = humantime::parse_duration, hide = true)]
+    pub inject_thaw_delay: Duration,
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {

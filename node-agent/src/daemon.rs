@@ -141,6 +141,7 @@ pub async fn run(config: SheepConfig) -> anyhow::Result<()> {
         view: view.clone(),
         local,
         freezer,
+        thaw_delay: config.inject_thaw_delay,
     });
     let peer = PeerServiceServer::from_arc(peer_api.clone())
         .max_decoding_message_size(peer::MAX_MESSAGE)

@@ -1,12 +1,13 @@
 //! Write freezes: how a snapshot, rollback or delete stops every gateway of the cluster from
 //! writing to a volume while its inode changes, and tells each what replaced the volume.
 //!
-//! Every write and zero of a working volume holds its vid's gate shared while it runs. A
-//! freeze takes the gate exclusively: it waits until the writes in flight on this node have
-//! finished (and were acknowledged or failed), then holds new ones back. The thaw records what
-//! became of the vid and opens the gate; the held writes see the change and move to the new
-//! working vid. A freeze whose thaw never comes (its gateway died) opens by itself after its
-//! time limit and marks the vid for a fresh look-up.
+//! Every read, write and zero of a working volume holds its vid's gate shared while it runs.
+//! A freeze takes the gate exclusively: it waits until the requests in flight on this node
+//! have finished (and were acknowledged or failed), then holds new ones back. The thaw records
+//! what became of the vid and opens the gate; the held requests see the change and move to
+//! the new working vid (a read held here must not read the old vid: a gateway thawed sooner
+//! may already have acknowledged writes to the new one). A freeze whose thaw never comes (its
+//! gateway died) opens by itself after its time limit and marks the vid for a fresh look-up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -120,7 +121,6 @@ impl Freezer {
                 term,
                 _guard: guard,
             });
-            gate.change = None;
         }
         self.expire(vid, term, ttl);
         true
@@ -169,9 +169,10 @@ impl Freezer {
     }
 
     /// Ends operation `fence`'s freeze of `vid`, recording what became of the volume (`None`:
-    /// nothing, the operation failed or did not change the vid). A late thaw of an older
-    /// operation leaves a newer operation's freeze in force, and one older than the last
-    /// thaw is ignored.
+    /// nothing, the operation failed or did not change the vid: news of an earlier operation,
+    /// such as a resize, is kept for the gateways that have not followed it yet). A late thaw
+    /// of an older operation leaves a newer operation's freeze in force, and one older than
+    /// the last thaw is ignored.
     pub fn thaw(&self, vid: u32, fence: u64, change: Option<Change>) {
         let mut gates = self.gates.lock().unwrap();
         let gate = gates.entry(vid).or_default();
@@ -179,7 +180,9 @@ impl Freezer {
             return;
         }
         gate.thawed = fence;
-        gate.change = change;
+        if change.is_some() {
+            gate.change = change;
+        }
         if gate.held.as_ref().is_some_and(|h| h.fence <= fence) {
             gate.held = None;
         }
@@ -270,7 +273,27 @@ mod tests {
         assert!(freezer.freeze(5, 10, ttl).await);
         freezer.thaw(5, 10, None);
         let write = tokio::time::timeout(Duration::from_secs(1), freezer.enter(5)).await;
-        assert!(matches!(write, Ok(Ok(_))), "writes go on after the thaws");
+        assert!(
+            matches!(write, Ok(Err(Change::Replaced(6)))),
+            "writes are not held after the thaws, and still learn where the volume went"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_operation_keeps_the_news_of_an_earlier_one() {
+        let freezer = Arc::new(Freezer::default());
+        let ttl = Duration::from_secs(30);
+        // A resize: same vid, new header.
+        assert!(freezer.freeze(6, 1, ttl).await);
+        freezer.thaw(6, 1, Some(Change::Replaced(6)));
+        // A snapshot of the same vid fails before this gateway did any I/O.
+        assert!(freezer.freeze(6, 2, ttl).await);
+        freezer.thaw(6, 2, None);
+        assert_eq!(
+            freezer.enter(6).await.map(drop),
+            Err(Change::Replaced(6)),
+            "the gateway still learns of the resize"
+        );
     }
 
     #[tokio::test]

@@ -11,8 +11,8 @@
 //! object whole and creates the volume's own copy on every replica that has none (at the
 //! copy version, older than any write, so a copy another gateway made first is kept with its
 //! writes),
-//! then writes the new data over it and points the table entry at it. Writes hold the
-//! volume's freeze gate while they run.
+//! then writes the new data over it and points the table entry at it. Reads and writes of a
+//! working volume hold its freeze gate while they run.
 
 use super::{Gateway, GatewayError, Result, Volume};
 use crate::freeze::{Change, Entered};
@@ -74,14 +74,17 @@ impl Gateway {
     pub async fn read(&self, volume: &Volume, offset: u64, len: u64) -> Result<Vec<u8>> {
         let vid = volume.vid();
         let snapshot = volume.inode.read().unwrap().snapshot;
-        if let Some(change) = self.freezer.change(vid)
-            && !snapshot
-        {
-            self.follow(volume, vid, change).await?;
-        } else if !snapshot && self.replicas.view().sealed.contains(vid) {
+        if !snapshot && self.replicas.view().sealed.contains(vid) {
             // This working handle missed the freeze that replaced its vid.
             self.follow(volume, vid, Change::Unknown).await?;
         }
+        // A working volume's read waits at the gate as a write does: while a snapshot,
+        // rollback or delete holds the vid frozen here, a gateway thawed first may already
+        // have acknowledged writes to the new vid, which the old one does not hold.
+        let _entered = match snapshot {
+            true => None,
+            false => Some(self.enter(volume).await?),
+        };
         let layout = check(volume, offset, len, false)?;
         let owners = self.owners(volume, &layout, offset, len).await?;
         let mut buf = vec![0u8; len as usize];

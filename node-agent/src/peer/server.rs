@@ -20,6 +20,8 @@ pub struct PeerApi {
     pub view: Arc<ClusterView>,
     pub local: Arc<Local>,
     pub freezer: Arc<Freezer>,
+    /// Injected for tests (`--inject-thaw-delay`): how long a thaw waits before it applies.
+    pub thaw_delay: std::time::Duration,
 }
 
 impl PeerApi {
@@ -333,6 +335,9 @@ impl PeerService for PeerApi {
     ) -> Result<Response<v1::ThawVolumeResponse>, Status> {
         use v1::thaw_volume_request::Outcome;
         let req = req.into_inner();
+        if !self.thaw_delay.is_zero() {
+            tokio::time::sleep(self.thaw_delay).await;
+        }
         let change = match req.outcome() {
             Outcome::Unchanged => None,
             Outcome::Replaced => Some(Change::Replaced(req.successor_vid)),
