@@ -2,9 +2,14 @@
 //!
 //! When the current epoch made this node a new holder of an object that recovery has not
 //! copied yet, a read recovers that object first, ahead of the throttled queue. Changes need
-//! not wait: every block carries its version and recovery merges newest-per-block into the
-//! local copy, so a whole-block write or a removal applied before recovery stays. Only a
-//! change to part of a block recovers first, because it merges with the block's old bytes.
+//! not wait for the object: every block carries its version and recovery merges
+//! newest-per-block into the local copy, so a whole-block write or a removal applied before
+//! recovery stays. Only a change to part of a block recovers first, because it merges with
+//! the block's old bytes.
+//!
+//! **The activation barrier.** No request of epoch E is served before recovery has listed
+//! every node of map E ([`Recovery::wait_listed`]), which brings each of them to E: a write
+//! acknowledged at E cannot be missed by a node still reading its own copy at E-1.
 //!
 //! **The epoch barrier.** Every change holds the replica gate shared while it runs, and is
 //! checked against the current epoch only once it holds it. Listing and fetching objects for
@@ -150,6 +155,8 @@ impl Local {
         }
         if change.touches_part_of_a_block() {
             self.recovery.before_io(epoch, oid).await?;
+        } else {
+            self.recovery.wait_listed(epoch).await?;
         }
         let _gate = self.gate.read().await;
         self.check_epoch(epoch)?;
@@ -184,6 +191,7 @@ impl Local {
         data: bytes::Bytes,
     ) -> Reply<bool> {
         self.check_vid(oid, false)?;
+        self.recovery.wait_listed(epoch).await?;
         let _gate = self.gate.read().await;
         self.check_epoch(epoch)?;
         self.blocking(move |store| store.put_if_absent(oid, spec, &data))
@@ -293,6 +301,9 @@ mod tests {
             let recovery = Arc::new(Recovery::new(view.clone(), store.clone(), peers, limits));
             let local = Arc::new(Local::new(store.clone(), recovery.clone(), view.clone()));
             recovery.attach(local.clone());
+            // Epoch 1 recovered (this test runs no recovery): its changes pass the
+            // activation barrier.
+            recovery.recovered_epoch().store(1, Ordering::Release);
 
             let (release, held) = std::sync::mpsc::channel::<()>();
             let occupier = tokio::task::spawn_blocking(move || held.recv());

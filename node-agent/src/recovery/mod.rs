@@ -338,6 +338,23 @@ impl Recovery {
         if self.recovered.load(Ordering::Acquire) >= e {
             return Ok(());
         }
+        self.wait_listed(epoch).await?;
+        if self.pending(e, oid).is_some() {
+            self.recover_object(e, oid, false).await?;
+        }
+        Ok(())
+    }
+
+    /// The activation barrier: no request of epoch `epoch` is served here before this node
+    /// has listed every node of its map. Listing brings each of them to the epoch and waits
+    /// until none still runs a change of an older one, so once a replica of `epoch` has
+    /// acknowledged anything, no member still serves the map before it (whose replica sets
+    /// may not hold the write). Asks the gateway to retry if the listing takes too long.
+    pub async fn wait_listed(&self, epoch: &Epoch) -> Result<(), ReplicaError> {
+        let e = epoch.epoch();
+        if self.recovered.load(Ordering::Acquire) >= e {
+            return Ok(());
+        }
         let mut listed = self.listed.subscribe();
         let listed_in_time = matches!(
             tokio::time::timeout(LISTING_WAIT, listed.wait_for(|&l| l >= e)).await,
@@ -349,9 +366,6 @@ impl Recovery {
                 node: self.view.self_id().into(),
                 reason,
             });
-        }
-        if self.pending(e, oid).is_some() {
-            self.recover_object(e, oid, false).await?;
         }
         Ok(())
     }
@@ -435,5 +449,62 @@ pub async fn catch_up(view: &ClusterView, peers: &Peers, node: &NodeInfo, err: &
         }
     } else if *theirs < ours.epoch() {
         let _ = peers.push_map(node, &ours.map).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::Mutation;
+    use crate::store::ObjectSpec;
+    use sheepdog_model::ClusterMap;
+
+    /// The activation barrier: a whole-block write of an epoch this node has not listed yet
+    /// is held until the listing is done (it was applied at once, while other members could
+    /// still serve the epoch before).
+    #[tokio::test]
+    async fn no_change_of_an_epoch_lands_before_its_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ObjectStore::open(&dir.path().join("objects")).unwrap());
+        let view = Arc::new(
+            ClusterView::open(dir.path(), "n0".into(), ClusterMap::new(1, vec![]), false).unwrap(),
+        );
+        let limits = Limits {
+            concurrency: 1,
+            bandwidth: 0,
+        };
+        let recovery = Arc::new(Recovery::new(
+            view.clone(),
+            store.clone(),
+            Arc::new(Peers::default()),
+            limits,
+        ));
+        let local = Arc::new(Local::new(store.clone(), recovery.clone(), view.clone()));
+        recovery.attach(local.clone());
+        let oid = ObjectId::data(1, 0);
+        let spec = ObjectSpec {
+            capacity: 4 << 20,
+            copies: 1,
+        };
+        let epoch = view.current();
+        let write = tokio::spawn({
+            let local = local.clone();
+            async move {
+                let change = Mutation::Write {
+                    offset: 0,
+                    data: bytes::Bytes::from(vec![7u8; 4096]),
+                    fence: 0,
+                };
+                local.change(&epoch, oid, spec, change, 1, false).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !write.is_finished() && !store.contains(oid),
+            "a whole-block write landed before its epoch was listed"
+        );
+        recovery.listed.send_replace(1);
+        write.await.unwrap().expect("the write lands once listed");
+        assert!(store.contains(oid));
     }
 }
