@@ -266,11 +266,35 @@ impl Local {
     }
 }
 
+/// A one-node replica in `dir` at epoch 1 for unit tests: its store, view, recovery (not
+/// running) and replica.
+#[cfg(test)]
+pub(crate) fn test_replica(
+    dir: &std::path::Path,
+) -> (
+    Arc<ObjectStore>,
+    Arc<ClusterView>,
+    Arc<Recovery>,
+    Arc<Local>,
+) {
+    use sheepdog_model::ClusterMap;
+    let store = Arc::new(ObjectStore::open(&dir.join("objects")).unwrap());
+    let view =
+        Arc::new(ClusterView::open(dir, "n0".into(), ClusterMap::new(1, vec![]), false).unwrap());
+    let limits = crate::recovery::Limits {
+        concurrency: 1,
+        bandwidth: 0,
+    };
+    let peers = Arc::new(crate::peer::Peers::default());
+    let recovery = Arc::new(Recovery::new(view.clone(), store.clone(), peers, limits));
+    let local = Arc::new(Local::new(store.clone(), recovery.clone(), view.clone()));
+    recovery.attach(local.clone());
+    (store, view, recovery, local)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peer::Peers;
-    use crate::recovery::Limits;
     use sheepdog_model::ClusterMap;
     use std::time::Duration;
 
@@ -288,19 +312,7 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let store = Arc::new(ObjectStore::open(&dir.path().join("objects")).unwrap());
-            let view = Arc::new(
-                ClusterView::open(dir.path(), "n0".into(), ClusterMap::new(1, vec![]), false)
-                    .unwrap(),
-            );
-            let limits = Limits {
-                concurrency: 1,
-                bandwidth: 0,
-            };
-            let peers = Arc::new(Peers::default());
-            let recovery = Arc::new(Recovery::new(view.clone(), store.clone(), peers, limits));
-            let local = Arc::new(Local::new(store.clone(), recovery.clone(), view.clone()));
-            recovery.attach(local.clone());
+            let (store, view, recovery, local) = test_replica(dir.path());
             // Epoch 1 recovered (this test runs no recovery): its changes pass the
             // activation barrier.
             recovery.recovered_epoch().store(1, Ordering::Release);

@@ -457,7 +457,6 @@ mod tests {
     use super::*;
     use crate::local::Mutation;
     use crate::store::ObjectSpec;
-    use sheepdog_model::ClusterMap;
 
     /// The activation barrier: a whole-block write of an epoch this node has not listed yet
     /// is held until the listing is done (it was applied at once, while other members could
@@ -465,22 +464,7 @@ mod tests {
     #[tokio::test]
     async fn no_change_of_an_epoch_lands_before_its_listing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(ObjectStore::open(&dir.path().join("objects")).unwrap());
-        let view = Arc::new(
-            ClusterView::open(dir.path(), "n0".into(), ClusterMap::new(1, vec![]), false).unwrap(),
-        );
-        let limits = Limits {
-            concurrency: 1,
-            bandwidth: 0,
-        };
-        let recovery = Arc::new(Recovery::new(
-            view.clone(),
-            store.clone(),
-            Arc::new(Peers::default()),
-            limits,
-        ));
-        let local = Arc::new(Local::new(store.clone(), recovery.clone(), view.clone()));
-        recovery.attach(local.clone());
+        let (store, view, recovery, local) = crate::local::test_replica(dir.path());
         let oid = ObjectId::data(1, 0);
         let spec = ObjectSpec {
             capacity: 4 << 20,
